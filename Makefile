@@ -1,0 +1,22 @@
+# Build tags live here and only here: openpgp instead of gpgme, and no btrfs
+# headers. Every go command below uses them.
+TAGS := containers_image_openpgp exclude_graphdriver_btrfs
+GO   ?= go
+GOFLAGS_TAGS := -tags '$(TAGS)'
+
+.PHONY: all build test demo bench completions vet clean
+
+all: build
+
+build:
+	$(GO) build $(GOFLAGS_TAGS) -o bin/herd .
+
+vet:
+	$(GO) vet $(GOFLAGS_TAGS) ./...
+
+test:
+	$(GO) vet $(GOFLAGS_TAGS) ./...
+	$(GO) test $(GOFLAGS_TAGS) -count=1 -timeout 40m ./...
+
+clean:
+	rm -rf bin

@@ -1,0 +1,190 @@
+package cmd
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/sirupsen/logrus"
+	"github.com/spf13/cobra"
+	"go.podman.io/image/v5/signature"
+	"go.podman.io/image/v5/types"
+	"go.podman.io/storage/pkg/unshare"
+
+	"github.com/herd-project/herd/progress"
+	"github.com/herd-project/herd/pull"
+)
+
+type pullOptions struct {
+	storage  storageOptions
+	registry registryOptions
+	platform platformOptions
+	jobs     int
+	files    []string
+	quiet    bool
+	failFast bool
+}
+
+func (o *pullOptions) flags(c *cobra.Command) {
+	fs := c.Flags()
+	fs.SortFlags = false
+	fs.IntVarP(&o.jobs, "jobs", "j", pull.DefaultJobs, "number of blobs copied at once, across all images")
+	fs.StringArrayVar(&o.files, "file", nil, "read image references from `PATH`, one per line, # starts a comment; - is standard input (repeatable)")
+	fs.BoolVarP(&o.quiet, "quiet", "q", false, "print only the pulled image IDs, one per line")
+	fs.BoolVar(&o.failFast, "fail-fast", false, "stop all pulls after the first image fails")
+	o.storage.flags(fs)
+	o.registry.flags(fs)
+	o.platform.flags(fs)
+}
+
+func newPullCommand(stdio IO) *cobra.Command {
+	o := &pullOptions{}
+	c := &cobra.Command{
+		Use:   "pull [flags] IMAGE...",
+		Short: "Pull images into containers/storage, in parallel",
+		Long: `Pull every IMAGE (and every reference listed in --file) into containers/storage
+in one process. All images share one pool of --jobs blob copies; a blob that
+several images need is fetched once. Short names are resolved through
+registries.conf as podman resolves them. Each image's ID is printed on standard
+output; progress and errors go to standard error.
+
+Exit status: 0 if every image was pulled, 1 if any failed (all are still
+attempted unless --fail-fast), 2 for usage errors, 130 or 143 when interrupted.`,
+		Example: `  herd pull docker.io/library/alpine:3.20 quay.io/fedora/fedora:40
+  herd pull -j 8 --file images.txt
+  kubectl get pods -A -o jsonpath='{..image}' | tr ' ' '\n' | herd pull --file -`,
+		RunE: func(c *cobra.Command, args []string) error {
+			return o.run(c, args, stdio)
+		},
+	}
+	o.flags(c)
+	_ = c.RegisterFlagCompletionFunc("storage-driver", cobra.FixedCompletions(
+		[]string{"overlay", "vfs", "zfs"}, cobra.ShellCompDirectiveNoFileComp))
+	return c
+}
+
+func (o *pullOptions) run(c *cobra.Command, args []string, stdio IO) error {
+	images, err := o.images(args, stdio.Stdin)
+	if err != nil {
+		return err
+	}
+	if o.jobs < 1 {
+		return usageErrorf("--jobs must be at least 1")
+	}
+	sys := &types.SystemContext{DockerRegistryUserAgent: "herd"}
+	if err := o.registry.systemContext(c.Flags(), sys); err != nil {
+		return err
+	}
+	if err := o.platform.systemContext(sys); err != nil {
+		return err
+	}
+	// As podman: a missing or unreadable policy is an error, never an implicit accept.
+	policy, err := signature.DefaultPolicy(sys)
+	if err != nil {
+		return fmt.Errorf("reading the signature policy: %w", err)
+	}
+
+	// A rootless user's store lives in a user namespace, as with podman.
+	unshare.MaybeReexecUsingUserNamespace(false)
+	store, err := o.storage.open(c.Flags())
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if _, err := store.Shutdown(false); err != nil {
+			logrus.Warnf("shutting down the store: %v", err)
+		}
+	}()
+	sys.BlobInfoCacheDir = blobInfoCacheDir(store.GraphRoot())
+	// Big temporary files go to one directory per run that herd removes
+	// itself, so that a failed or interrupted run leaves nothing in /var/tmp.
+	tmp, err := os.MkdirTemp(bigFilesDir(), "herd-")
+	if err != nil {
+		return fmt.Errorf("creating a temporary directory: %w", err)
+	}
+	defer os.RemoveAll(tmp)
+	sys.BigFilesTemporaryDir = tmp
+
+	var display progress.Display = progress.Discard{}
+	if !o.quiet {
+		display = progress.NewPlain(stdio.Stderr)
+	}
+	results := pull.Run(c.Context(), images, pull.Options{
+		Store: store, System: sys, Policy: policy, Jobs: o.jobs,
+		Observe: display.Observe, FailFast: o.failFast,
+	})
+	display.Close()
+
+	failed := 0
+	for _, r := range results {
+		if r.Failed() {
+			failed++
+			if o.quiet {
+				fmt.Fprintf(stdio.Stderr, "Error: %v\n", r.Err)
+			}
+			continue
+		}
+		fmt.Fprintln(stdio.Stdout, r.ImageID)
+	}
+	if failed > 0 {
+		return failedError{failed}
+	}
+	return nil
+}
+
+// images gathers the references from the arguments and every --file.
+func (o *pullOptions) images(args []string, stdin io.Reader) ([]string, error) {
+	images := append([]string(nil), args...)
+	for _, path := range o.files {
+		var r io.Reader = stdin
+		if path != "-" {
+			f, err := os.Open(path)
+			if err != nil {
+				return nil, usageErrorf("--file: %v", err)
+			}
+			defer f.Close()
+			r = f
+		}
+		list, err := parseImageList(r)
+		if err != nil {
+			return nil, usageErrorf("--file %s: %v", path, err)
+		}
+		images = append(images, list...)
+	}
+	if len(images) == 0 {
+		return nil, usageErrorf("no images to pull: give at least one IMAGE or --file")
+	}
+	return images, nil
+}
+
+// parseImageList reads one image reference per line. Blank lines are
+// skipped and # starts a comment; a line with more than one word is an error
+// rather than a guess.
+func parseImageList(r io.Reader) ([]string, error) {
+	var images []string
+	sc := bufio.NewScanner(r)
+	for n := 1; sc.Scan(); n++ {
+		line, _, _ := strings.Cut(sc.Text(), "#")
+		fields := strings.Fields(line)
+		switch len(fields) {
+		case 0:
+		case 1:
+			images = append(images, fields[0])
+		default:
+			return nil, fmt.Errorf("line %d: %q is more than one image reference", n, strings.TrimSpace(line))
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, err
+	}
+	return images, nil
+}
+
+func bigFilesDir() string {
+	if d := os.Getenv("TMPDIR"); d != "" {
+		return d
+	}
+	return "/var/tmp" // podman's image_copy_tmp_dir default
+}

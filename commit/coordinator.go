@@ -1,0 +1,310 @@
+// Package commit decides how layers reach the store when many pulls run in
+// one process, so that a blob several images need is fetched once per run.
+//
+// containers/image pulls one image per copy.Image call. Each call asks the
+// store whether a layer is already there (TryReusingBlobWithOptions →
+// LayersByCompressedDigest and friends) before fetching it, and makes the
+// layer visible only when it commits it (PutLayer, or ApplyStagedLayer for
+// partial pulls) once every lower layer of that image is committed. Any
+// other pull that asks in between misses and fetches the same blob again.
+// herd gives every pull its own *Store, a decorator around the one shared
+// storage.Store, and a shared Coordinator that remembers which pull is
+// fetching which blob. A pull whose lookup misses a blob that another pull
+// is fetching waits for that pull to commit it, then looks again.
+//
+// Invariants (keep them true when changing this file):
+//
+//  1. A flight exists for a blob digest only while its owner pull is running
+//     and has neither committed nor abandoned it. A pull claims a blob (starts
+//     a flight) when its own lookup misses and nobody else holds a flight, so
+//     the claim is made by the goroutine that goes on to fetch it, while it
+//     holds a slot of the shared semaphore.
+//  2. A flight ends (its done channel is closed) exactly once: when any pull
+//     commits a layer made from that blob (matched by compressed digest, or by
+//     TOC digest for zstd:chunked partial pulls), or when its owner finishes,
+//     fails or is cancelled (Pull.Done). Waiters then look the layer up again;
+//     if it is still missing they claim it themselves.
+//  3. Waiting never forms a cycle. containers/image holds the waiting image's
+//     destination lock while it asks the store, so a waiting pull cannot
+//     commit anything until its wait ends. A pull therefore waits for another
+//     only if the owner does not, directly or through other waits, already
+//     wait for it (checked on the pull-level wait graph under one mutex).
+//     Otherwise it fetches the blob itself: a duplicate fetch, never a hang.
+//  4. Waits need no new semaphore slot to end: the owner claimed while holding
+//     a slot for that layer, and containers/image acquired the slots of every
+//     lower layer of the owner's image before it (copyLayers acquires in
+//     layer order), so the owner can finish and commit without a new slot.
+//  5. Every wait is bounded: it ends when the flight ends, when the waiting
+//     pull is cancelled, or when nothing in the whole run has read a byte for
+//     StallTimeout (then the waiter fetches the blob itself).
+//
+// Waits happen only in LayersByCompressedDigest, the lookup every
+// TryReusingBlobWithOptions makes before any TOC- or DiffID-based lookup,
+// so one wait point serves gzip, zstd and zstd:chunked alike.
+package commit
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	digest "github.com/opencontainers/go-digest"
+)
+
+// DefaultStallTimeout is how long a waiting pull tolerates a run in which no
+// pull reads a single byte before it stops waiting and fetches the blob
+// itself. Long enough for a slow commit of a large layer, short enough that
+// a stuck owner costs a user less than a minute.
+const DefaultStallTimeout = 60 * time.Second
+
+// Coordinator is shared by all pulls of one run. The zero value is not
+// usable; call NewCoordinator.
+type Coordinator struct {
+	// StallTimeout bounds waits; see invariant 5. Set before the first pull.
+	StallTimeout time.Duration
+
+	mu        sync.Mutex
+	flights   map[digest.Digest]*flight       // by compressed blob digest
+	tocToBlob map[digest.Digest]digest.Digest // zstd:chunked TOC digest → compressed blob digest
+	waitsFor  map[*Pull]map[*Pull]int         // waiter → owner → number of waits
+
+	lastRead atomic.Int64 // unix nanoseconds of the last byte read by any pull
+}
+
+type flight struct {
+	owner *Pull
+	done  chan struct{}
+	// committed is set before done is closed when a layer made from the blob
+	// was committed; otherwise the owner gave it up.
+	committed bool
+}
+
+// NewCoordinator returns a coordinator for one run.
+func NewCoordinator() *Coordinator {
+	c := &Coordinator{
+		StallTimeout: DefaultStallTimeout,
+		flights:      map[digest.Digest]*flight{},
+		tocToBlob:    map[digest.Digest]digest.Digest{},
+		waitsFor:     map[*Pull]map[*Pull]int{},
+	}
+	c.Progressed()
+	return c
+}
+
+// Progressed records that some pull read bytes just now. The pull engine
+// calls it for every progress event, so that waits end only when the whole
+// run has stalled (invariant 5).
+func (c *Coordinator) Progressed() {
+	c.lastRead.Store(time.Now().UnixNano())
+}
+
+func (c *Coordinator) stalled() bool {
+	return time.Since(time.Unix(0, c.lastRead.Load())) > c.StallTimeout
+}
+
+// LinkTOC records that a zstd:chunked blob has the given TOC digest, so that
+// a partial pull's commit (which knows only the TOC digest) ends the flight
+// of that blob. The pull engine calls it for every layer of every manifest.
+func (c *Coordinator) LinkTOC(toc, blob digest.Digest) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.tocToBlob[toc] = blob
+}
+
+// WaitEvent tells an observer that a pull waited for another pull's blob.
+type WaitEvent struct {
+	Blob  digest.Digest
+	Owner string // the other pull's name
+	// Outcome is how the wait ended: "committed" (the layer is in the store
+	// now), "abandoned" (the owner gave up; this pull fetches it), "stalled"
+	// or "cancelled".
+	Outcome string
+	Waited  time.Duration
+}
+
+// Pull is one image's view of the run. Create it with NewPull, give
+// Store(...) to containers/image as that image's store, and call Done when
+// the image's copy.Image returns.
+type Pull struct {
+	c    *Coordinator
+	ctx  context.Context
+	name string
+	// OnWait, if set, is called when a wait starts (Outcome "") and when it
+	// ends, from the goroutine that waits.
+	OnWait func(WaitEvent)
+	// OnCommit, if set, is called with the blob digest of every layer this
+	// pull commits and whether it was a partial pull.
+	OnCommit func(blob digest.Digest, partial bool)
+
+	mu     sync.Mutex
+	claims map[digest.Digest]*flight
+	waited map[digest.Digest]bool
+}
+
+// NewPull registers one image's pull. ctx cancels its waits.
+func (c *Coordinator) NewPull(ctx context.Context, name string) *Pull {
+	return &Pull{c: c, ctx: ctx, name: name, claims: map[digest.Digest]*flight{}, waited: map[digest.Digest]bool{}}
+}
+
+// Waited reports whether this pull obtained blob by waiting for another pull.
+func (p *Pull) Waited(blob digest.Digest) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.waited[blob]
+}
+
+// Done ends every flight the pull still owns (invariant 2). Call it exactly
+// once, after copy.Image returns, whatever it returned.
+func (p *Pull) Done() {
+	p.c.mu.Lock()
+	defer p.c.mu.Unlock()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for blob, f := range p.claims {
+		p.c.endFlightLocked(blob, f, false)
+	}
+	p.claims = map[digest.Digest]*flight{}
+}
+
+// endFlightLocked closes f if it is still the current flight for blob.
+// c.mu must be held.
+func (c *Coordinator) endFlightLocked(blob digest.Digest, f *flight, committed bool) {
+	if c.flights[blob] != f {
+		return
+	}
+	delete(c.flights, blob)
+	f.committed = committed
+	close(f.done)
+}
+
+// committed ends the flight of blob (whoever owns it) because a layer made
+// from it is now in the store.
+func (c *Coordinator) committed(blob digest.Digest) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if f := c.flights[blob]; f != nil {
+		f.owner.mu.Lock()
+		delete(f.owner.claims, blob)
+		f.owner.mu.Unlock()
+		c.endFlightLocked(blob, f, true)
+	}
+}
+
+func (c *Coordinator) blobForTOC(toc digest.Digest) digest.Digest {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.tocToBlob[toc]
+}
+
+// decision is what a pull does about a blob its lookup did not find.
+type decision int
+
+const (
+	fetchIt    decision = iota // claimed, our own flight, or waiting is unsafe or gave up
+	lookAgain                  // another pull committed it: the store has it now
+	claimAgain                 // the owner gave up: look again, then claim
+)
+
+// claimOrWait implements invariants 1, 3 and 5 for one missed lookup.
+func (p *Pull) claimOrWait(blob digest.Digest) decision {
+	c := p.c
+	c.mu.Lock()
+	f := c.flights[blob]
+	if f == nil {
+		f = &flight{owner: p, done: make(chan struct{})}
+		c.flights[blob] = f
+		p.mu.Lock()
+		p.claims[blob] = f
+		p.mu.Unlock()
+		c.mu.Unlock()
+		return fetchIt
+	}
+	if f.owner == p || c.reachesLocked(f.owner, p) {
+		c.mu.Unlock()
+		return fetchIt
+	}
+	c.addWaitLocked(p, f.owner, +1)
+	c.mu.Unlock()
+
+	start := time.Now()
+	if p.OnWait != nil {
+		p.OnWait(WaitEvent{Blob: blob, Owner: f.owner.name})
+	}
+	outcome := p.await(f)
+	c.mu.Lock()
+	c.addWaitLocked(p, f.owner, -1)
+	c.mu.Unlock()
+
+	if p.OnWait != nil {
+		p.OnWait(WaitEvent{Blob: blob, Owner: f.owner.name, Outcome: outcome, Waited: time.Since(start)})
+	}
+	switch outcome {
+	case "committed":
+		p.mu.Lock()
+		p.waited[blob] = true
+		p.mu.Unlock()
+		return lookAgain
+	case "abandoned":
+		return claimAgain
+	default:
+		return fetchIt
+	}
+}
+
+func (p *Pull) await(f *flight) string {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-f.done:
+			if f.committed {
+				return "committed"
+			}
+			return "abandoned"
+		case <-p.ctx.Done():
+			return "cancelled"
+		case <-tick.C:
+			if p.c.stalled() {
+				return "stalled"
+			}
+		}
+	}
+}
+
+func (c *Coordinator) addWaitLocked(waiter, owner *Pull, delta int) {
+	m := c.waitsFor[waiter]
+	if m == nil {
+		m = map[*Pull]int{}
+		c.waitsFor[waiter] = m
+	}
+	m[owner] += delta
+	if m[owner] <= 0 {
+		delete(m, owner)
+	}
+	if len(m) == 0 {
+		delete(c.waitsFor, waiter)
+	}
+}
+
+// reachesLocked reports whether from already waits, directly or through
+// other pulls, for to. c.mu must be held.
+func (c *Coordinator) reachesLocked(from, to *Pull) bool {
+	seen := map[*Pull]bool{}
+	stack := []*Pull{from}
+	for len(stack) > 0 {
+		p := stack[len(stack)-1]
+		stack = stack[:len(stack)-1]
+		if p == to {
+			return true
+		}
+		if seen[p] {
+			continue
+		}
+		seen[p] = true
+		for q := range c.waitsFor[p] {
+			stack = append(stack, q)
+		}
+	}
+	return false
+}

@@ -1,0 +1,79 @@
+package commit
+
+import (
+	"errors"
+	"io"
+
+	digest "github.com/opencontainers/go-digest"
+	"go.podman.io/storage"
+)
+
+// Store is one pull's view of the shared store: every call goes to the
+// shared store, and the three calls below also talk to the Coordinator.
+//
+// It must stay a pointer type: containers/storage's pkg/chunked keeps a
+// cache keyed on the store value it is given, and compares it with ==.
+type Store struct {
+	storage.Store
+	pull *Pull
+}
+
+// Store returns the decorator to hand to containers/image for this pull.
+func (p *Pull) Store(shared storage.Store) *Store {
+	return &Store{Store: shared, pull: p}
+}
+
+// LayersByCompressedDigest is where a pull that misses a blob another pull
+// is fetching waits for it; see the package comment.
+func (s *Store) LayersByCompressedDigest(d digest.Digest) ([]storage.Layer, error) {
+	for {
+		layers, err := s.Store.LayersByCompressedDigest(d)
+		if len(layers) > 0 || (err != nil && !errors.Is(err, storage.ErrLayerUnknown)) {
+			return layers, err
+		}
+		switch s.pull.claimOrWait(d) {
+		case lookAgain:
+			// A partial pull's layer has no compressed digest, so this may
+			// still miss; containers/image then finds it by TOC or DiffID.
+			return s.Store.LayersByCompressedDigest(d)
+		case claimAgain:
+			continue
+		default:
+			return layers, err
+		}
+	}
+}
+
+// PutLayer commits a fully fetched (or locally copied) layer, and ends the
+// flight of the blob it was made from.
+func (s *Store) PutLayer(id, parent string, names []string, mountLabel string, writeable bool, options *storage.LayerOptions, diff io.Reader) (*storage.Layer, int64, error) {
+	layer, size, err := s.Store.PutLayer(id, parent, names, mountLabel, writeable, options, diff)
+	if err == nil && layer != nil && layer.CompressedDigest != "" {
+		s.pull.c.committed(layer.CompressedDigest)
+		if s.pull.OnCommit != nil {
+			s.pull.OnCommit(layer.CompressedDigest, false)
+		}
+	}
+	return layer, size, err
+}
+
+// ApplyStagedLayer commits a partially pulled (zstd:chunked) layer, and ends
+// the flight of the blob it was made from, found through its TOC digest.
+func (s *Store) ApplyStagedLayer(args storage.ApplyStagedLayerOptions) (*storage.Layer, error) {
+	layer, err := s.Store.ApplyStagedLayer(args)
+	if err == nil && layer != nil {
+		blob := layer.CompressedDigest
+		if layer.TOCDigest != "" {
+			if b := s.pull.c.blobForTOC(layer.TOCDigest); b != "" {
+				blob = b
+			}
+		}
+		if blob != "" {
+			s.pull.c.committed(blob)
+			if s.pull.OnCommit != nil {
+				s.pull.OnCommit(blob, true)
+			}
+		}
+	}
+	return layer, err
+}

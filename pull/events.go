@@ -1,0 +1,46 @@
+package pull
+
+import (
+	"time"
+
+	digest "github.com/opencontainers/go-digest"
+)
+
+// EventKind says what an Event reports.
+type EventKind int
+
+const (
+	// EventResolved: the image's reference and manifest are known; Result
+	// holds Reference, Digest, InstanceDigest, Platform and Layers (sizes only).
+	EventResolved EventKind = iota
+	// EventLayerStarted: the image started fetching Blob (Size bytes).
+	EventLayerStarted
+	// EventLayerRead: Bytes more bytes of Blob were read from the registry.
+	EventLayerRead
+	// EventLayerWaiting: the image waits for another pull (Owner) that is fetching Blob.
+	EventLayerWaiting
+	// EventLayerDone: Blob is obtained; How says how and Bytes how many bytes were read for it.
+	EventLayerDone
+	// EventLayerCommitted: the layer made from Blob is in the store.
+	EventLayerCommitted
+	// EventImageDone: the image is finished, pulled or failed; Result is final.
+	EventImageDone
+)
+
+// Event is one thing that happened to one image of a run. Events for one
+// image arrive in order; events of different images interleave.
+type Event struct {
+	Kind   EventKind
+	Image  int     // index of the image in the run, stable for the run
+	Result *Result // EventResolved and EventImageDone; read-only for the observer
+	Blob   digest.Digest
+	Size   int64
+	Bytes  int64
+	How    string
+	Owner  string
+	Time   time.Time
+}
+
+// Observer receives the events of a run. It is called from many goroutines
+// and must not block for long: pulls wait while it runs.
+type Observer func(Event)

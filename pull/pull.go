@@ -1,0 +1,363 @@
+// Package pull is herd's engine: it resolves what the user asked for,
+// drops duplicates, and pulls every distinct image with its own copy.Image,
+// all under one shared blob-copy semaphore and one commit.Coordinator, into
+// one containers/storage store.
+package pull
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/distribution/reference"
+	digest "github.com/opencontainers/go-digest"
+	"github.com/sirupsen/logrus"
+	"go.podman.io/image/v5/copy"
+	"go.podman.io/image/v5/docker"
+	"go.podman.io/image/v5/signature"
+	istorage "go.podman.io/image/v5/storage"
+	"go.podman.io/image/v5/types"
+	"go.podman.io/storage"
+	"golang.org/x/sync/errgroup"
+	"golang.org/x/sync/semaphore"
+
+	"github.com/herd-project/herd/commit"
+)
+
+// DefaultJobs is containers/image's own default for parallel layer copies.
+const DefaultJobs = 6
+
+// Options configure one run.
+type Options struct {
+	Store storage.Store
+	// System is used for the registry side and the store side alike: auth,
+	// TLS, registries.conf, platform choice, temporary files, blob-info cache.
+	System *types.SystemContext
+	Policy *signature.Policy
+	// Jobs is the number of blob copies in flight across all images.
+	Jobs int
+	// StallTimeout bounds how long a pull waits for another pull's blob while
+	// the run makes no progress (commit.DefaultStallTimeout if zero).
+	StallTimeout time.Duration
+	Observe      Observer
+	// FailFast cancels the remaining images after the first failure.
+	FailFast bool
+}
+
+// Run pulls every input and returns one Result per distinct image, in the
+// order the inputs were given. It never stops early because one image
+// failed (unless FailFast); failures are in the results. Inputs that cannot
+// be resolved get a Result with only Inputs and Err set.
+func Run(ctx context.Context, inputs []string, opts Options) []*Result {
+	if opts.Jobs < 1 {
+		opts.Jobs = DefaultJobs
+	}
+	if opts.Observe == nil {
+		opts.Observe = func(Event) {}
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	targets, failures := resolveAll(ctx, dedupStrings(inputs), opts)
+	results := make([]*Result, 0, len(targets)+len(failures))
+	for _, t := range targets {
+		results = append(results, &Result{
+			Inputs: t.inputs, Reference: t.named.String(), Digest: t.digest,
+			InstanceDigest: t.instance, Platform: t.platform, Layers: layersOf(t.layers),
+		})
+	}
+	for i, r := range results {
+		opts.Observe(Event{Kind: EventResolved, Image: i, Result: r, Time: time.Now()})
+	}
+
+	coord := commit.NewCoordinator()
+	if opts.StallTimeout > 0 {
+		coord.StallTimeout = opts.StallTimeout
+	}
+	for _, t := range targets {
+		for _, l := range t.layers {
+			if toc := tocDigest(l); toc != "" {
+				coord.LinkTOC(toc, l.Digest)
+			}
+		}
+	}
+	sem := semaphore.NewWeighted(int64(opts.Jobs))
+	var wg sync.WaitGroup
+	for i, t := range targets {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			run := &imagePull{index: i, target: t, result: results[i], opts: &opts, coord: coord, sem: sem}
+			run.pull(ctx)
+			if run.result.Err != nil && opts.FailFast {
+				cancel()
+			}
+			opts.Observe(Event{Kind: EventImageDone, Image: i, Result: run.result, Time: time.Now()})
+		}()
+	}
+	wg.Wait()
+
+	for _, f := range failures {
+		r := &Result{Inputs: []string{f.input}, Err: f.err}
+		opts.Observe(Event{Kind: EventImageDone, Image: len(results), Result: r, Time: time.Now()})
+		results = append(results, r)
+	}
+	return results
+}
+
+type failure struct {
+	input string
+	err   error
+}
+
+// resolveAll resolves inputs in parallel (bounded by Jobs) and merges the
+// ones that name the same manifest, keeping the first input's order.
+func resolveAll(ctx context.Context, inputs []string, opts Options) ([]*target, []failure) {
+	resolved := make([]*target, len(inputs))
+	errs := make([]error, len(inputs))
+	var g errgroup.Group
+	g.SetLimit(opts.Jobs)
+	for i, in := range inputs {
+		g.Go(func() error {
+			resolved[i], errs[i] = resolve(ctx, opts.System, in)
+			return nil
+		})
+	}
+	_ = g.Wait()
+
+	var targets []*target
+	var failures []failure
+	byDigest := map[digest.Digest]*target{}
+	for i, t := range resolved {
+		if errs[i] != nil {
+			failures = append(failures, failure{inputs[i], fmt.Errorf("%s: %w", inputs[i], errs[i])})
+			continue
+		}
+		if first := byDigest[t.digest]; first != nil {
+			first.inputs = append(first.inputs, t.inputs...)
+			if t.named.String() != first.named.String() {
+				first.aliases = append(first.aliases, t.named)
+			}
+			continue
+		}
+		byDigest[t.digest] = t
+		targets = append(targets, t)
+	}
+	return targets, failures
+}
+
+func dedupStrings(in []string) []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, s := range in {
+		if !seen[s] {
+			seen[s] = true
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+func layersOf(blobs []types.BlobInfo) []Layer {
+	layers := make([]Layer, len(blobs))
+	for i, b := range blobs {
+		layers[i] = Layer{Digest: b.Digest, Size: b.Size}
+	}
+	return layers
+}
+
+// imagePull is the state of one image's copy.Image.
+type imagePull struct {
+	index  int
+	target *target
+	result *Result
+	opts   *Options
+	coord  *commit.Coordinator
+	sem    *semaphore.Weighted
+	p      *commit.Pull
+
+	mu       sync.Mutex
+	fetched  map[digest.Digest]int64 // bytes read per blob, config included
+	done     map[digest.Digest]bool
+	skipped  map[digest.Digest]string // Reused or Waited
+	partial  map[digest.Digest]bool
+	layerIdx map[digest.Digest]int
+}
+
+func (ip *imagePull) emit(e Event) {
+	e.Image = ip.index
+	e.Time = time.Now()
+	ip.opts.Observe(e)
+}
+
+func (ip *imagePull) pull(ctx context.Context) {
+	start := time.Now()
+	defer func() { ip.result.Duration = time.Since(start) }()
+	ip.fetched = map[digest.Digest]int64{}
+	ip.done = map[digest.Digest]bool{}
+	ip.skipped = map[digest.Digest]string{}
+	ip.partial = map[digest.Digest]bool{}
+	ip.layerIdx = map[digest.Digest]int{}
+	for i, l := range ip.target.layers {
+		ip.layerIdx[l.Digest] = i
+	}
+
+	err := ip.copy(ctx)
+	ip.finishLayers()
+	if err != nil {
+		ip.result.Err = fmt.Errorf("pulling %s: %w", ip.result.Name(), err)
+		return
+	}
+	if err := ip.name(); err != nil {
+		ip.result.Err = fmt.Errorf("pulling %s: %w", ip.result.Name(), err)
+	}
+}
+
+func (ip *imagePull) copy(ctx context.Context) error {
+	p := ip.coord.NewPull(ctx, ip.result.Name())
+	ip.p = p
+	defer p.Done()
+	p.OnWait = func(w commit.WaitEvent) {
+		if w.Outcome == "" {
+			ip.emit(Event{Kind: EventLayerWaiting, Blob: w.Blob, Owner: w.Owner})
+		} else {
+			logrus.Debugf("%s: waited %s for %s (pulled by %s): %s", ip.result.Name(), w.Waited.Round(time.Millisecond), w.Blob, w.Owner, w.Outcome)
+		}
+	}
+	p.OnCommit = func(blob digest.Digest, partial bool) {
+		ip.mu.Lock()
+		if partial {
+			ip.partial[blob] = true
+		}
+		ip.mu.Unlock()
+		ip.emit(Event{Kind: EventLayerCommitted, Blob: blob})
+	}
+
+	dest, err := istorage.Transport.NewStoreReference(p.Store(ip.opts.Store), ip.target.named, "")
+	if err != nil {
+		return err
+	}
+	src, err := docker.NewReference(ip.target.named)
+	if err != nil {
+		return err
+	}
+	policy, err := signature.NewPolicyContext(ip.opts.Policy) // not safe for concurrent use: one per image
+	if err != nil {
+		return err
+	}
+	defer func() { _ = policy.Destroy() }()
+
+	progress := make(chan types.ProgressProperties)
+	drained := make(chan struct{})
+	go func() {
+		defer close(drained)
+		for pp := range progress {
+			ip.onProgress(pp)
+		}
+	}()
+	_, err = copy.Image(ctx, policy, dest, src, &copy.Options{
+		SourceCtx:                     ip.opts.System,
+		DestinationCtx:                ip.opts.System,
+		ConcurrentBlobCopiesSemaphore: ip.sem,
+		Progress:                      progress,
+		ProgressInterval:              100 * time.Millisecond,
+	})
+	// containers/image never closes the channel and has stopped sending once
+	// copy.Image returns.
+	close(progress)
+	<-drained
+	return err
+}
+
+// onProgress turns containers/image's progress events into herd's.
+func (ip *imagePull) onProgress(pp types.ProgressProperties) {
+	ip.coord.Progressed()
+	d := pp.Artifact.Digest
+	_, isLayer := ip.layerIdx[d]
+	switch pp.Event {
+	case types.ProgressEventNewArtifact:
+		if isLayer {
+			ip.emit(Event{Kind: EventLayerStarted, Blob: d, Size: pp.Artifact.Size})
+		}
+	case types.ProgressEventRead:
+		ip.mu.Lock()
+		ip.fetched[d] += int64(pp.OffsetUpdate)
+		ip.mu.Unlock()
+		if isLayer {
+			ip.emit(Event{Kind: EventLayerRead, Blob: d, Bytes: int64(pp.OffsetUpdate), Size: pp.Artifact.Size})
+		}
+	case types.ProgressEventDone:
+		ip.mu.Lock()
+		ip.fetched[d] += int64(pp.OffsetUpdate)
+		ip.done[d] = true
+		n := ip.fetched[d]
+		ip.mu.Unlock()
+		if isLayer {
+			ip.emit(Event{Kind: EventLayerRead, Blob: d, Bytes: int64(pp.OffsetUpdate), Size: pp.Artifact.Size})
+			ip.emit(Event{Kind: EventLayerDone, Blob: d, How: Fetched, Bytes: n, Size: pp.Artifact.Size})
+		}
+	case types.ProgressEventSkipped:
+		// A wait, if any, ended before containers/image reported the skip.
+		how := Reused
+		if ip.p.Waited(d) {
+			how = Waited
+		}
+		ip.mu.Lock()
+		ip.skipped[d] = how
+		ip.mu.Unlock()
+		if isLayer {
+			ip.emit(Event{Kind: EventLayerDone, Blob: d, How: how, Size: pp.Artifact.Size})
+		}
+	}
+}
+
+// finishLayers fills in how each layer was obtained once copy.Image returned.
+func (ip *imagePull) finishLayers() {
+	ip.mu.Lock()
+	defer ip.mu.Unlock()
+	var total int64
+	for _, n := range ip.fetched {
+		total += n
+	}
+	ip.result.Fetched = total
+	for i := range ip.result.Layers {
+		l := &ip.result.Layers[i]
+		l.Fetched = ip.fetched[l.Digest]
+		switch {
+		case ip.partial[l.Digest]:
+			l.How = Partial
+		case ip.done[l.Digest]:
+			l.How = Fetched
+		default:
+			l.How = ip.skipped[l.Digest] // "" if the pull failed before reaching it
+		}
+	}
+}
+
+// name finds the image in the store and gives it the names of every input
+// that resolved to it, as podman would after pulling each of them.
+func (ip *imagePull) name() error {
+	img, err := ip.opts.Store.Image(ip.target.named.String())
+	if err != nil {
+		return fmt.Errorf("finding the pulled image in the store: %w", err)
+	}
+	ip.result.ImageID = img.ID
+	var extra []string
+	for _, a := range ip.target.aliases {
+		extra = append(extra, reference.TagNameOnly(a).String())
+	}
+	if len(extra) > 0 {
+		if err := ip.opts.Store.AddNames(img.ID, extra); err != nil {
+			return fmt.Errorf("naming image %s: %w", img.ID, err)
+		}
+	}
+	if img, err = ip.opts.Store.Image(img.ID); err == nil {
+		ip.result.Names = img.Names
+	}
+	if err := ip.target.candidate.Record(); err != nil && !errors.Is(err, context.Canceled) {
+		logrus.Warnf("%s: recording short-name alias: %v", ip.result.Name(), err)
+	}
+	return nil
+}
