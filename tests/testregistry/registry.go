@@ -1,0 +1,295 @@
+// Package testregistry runs a real CNCF distribution registry (in-memory
+// storage) on 127.0.0.1 for tests, demos and benchmarks. It counts the blob
+// bytes it serves, can throttle them to simulate a slow link, and lets tests
+// inject faults into blob GETs.
+//
+// It deliberately does not depend on package testing (see StartT for that),
+// so non-test programs can use it too.
+package testregistry
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"maps"
+	"net/http"
+	"net/http/httptest"
+	"regexp"
+	"sync"
+	"sync/atomic"
+
+	"github.com/distribution/distribution/v3/configuration"
+	"github.com/distribution/distribution/v3/registry/handlers"
+	_ "github.com/distribution/distribution/v3/registry/storage/driver/inmemory" // registers the "inmemory" storage driver
+	digest "github.com/opencontainers/go-digest"
+)
+
+// Options configures Start.
+type Options struct {
+	// BandwidthLimit caps the blob body bytes served per second, shared by
+	// all connections through one token bucket, so fetched bytes cost time
+	// as on a real link. 0 means unlimited. Manifests are not throttled.
+	BandwidthLimit int64
+	// Quiet silences the registry's log output. The registry logs through
+	// the global logrus logger, so this filters registry entries out of that
+	// global logger while any quiet registry is running; other logrus users
+	// (containers/image) are unaffected. StartT sets it by default.
+	Quiet bool
+}
+
+// BlobHook is called for every blob GET before the registry serves it. If it
+// returns true it has handled the request itself (written an error, served a
+// truncated body, waited on a gate, ...). Bytes it writes with a 200/206
+// status are counted and throttled like the registry's own.
+type BlobHook func(w http.ResponseWriter, req *http.Request, d digest.Digest) (handled bool)
+
+// Registry is a running test registry.
+type Registry struct {
+	Host string // "127.0.0.1:PORT", for image references
+	URL  string // "http://127.0.0.1:PORT"
+
+	server  *httptest.Server
+	cancel  context.CancelFunc
+	limiter *limiter // nil when unlimited
+	quiet   bool
+	hook    atomic.Pointer[BlobHook]
+
+	mu    sync.Mutex
+	bytes map[digest.Digest]int64
+	gets  map[digest.Digest]int
+	total int64
+}
+
+// Start starts a registry with in-memory storage on a random 127.0.0.1 port
+// (plain HTTP). ctx only supplies values: cancelling it does not stop the
+// registry, Close does.
+func Start(ctx context.Context, opts Options) (r *Registry, err error) {
+	if opts.BandwidthLimit < 0 {
+		return nil, fmt.Errorf("testregistry: negative bandwidth limit %d", opts.BandwidthLimit)
+	}
+	secret := make([]byte, 16)
+	if _, err := rand.Read(secret); err != nil {
+		return nil, fmt.Errorf("testregistry: generating HTTP secret: %w", err)
+	}
+	cfg := &configuration.Configuration{}
+	cfg.Storage = configuration.Storage{
+		"inmemory": configuration.Parameters{},
+		// The purger only matters for long-lived registries; it would also
+		// log at startup.
+		"maintenance": configuration.Parameters{
+			"uploadpurging": map[any]any{"enabled": false},
+		},
+	}
+	// Without a secret the registry warns and generates one.
+	cfg.HTTP.Secret = hex.EncodeToString(secret)
+
+	if opts.Quiet {
+		quietRegistryLogs()
+		defer func() {
+			if err != nil {
+				unquietRegistryLogs()
+			}
+		}()
+	}
+
+	appCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	app, err := newApp(appCtx, cfg)
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+
+	r = &Registry{
+		cancel: cancel,
+		quiet:  opts.Quiet,
+		bytes:  map[digest.Digest]int64{},
+		gets:   map[digest.Digest]int{},
+	}
+	if opts.BandwidthLimit > 0 {
+		r.limiter = newLimiter(opts.BandwidthLimit)
+	}
+	// Unstarted, so that TLS could be configured before StartTLS if needed.
+	r.server = httptest.NewUnstartedServer(r.middleware(app))
+	r.server.Start()
+	r.URL = r.server.URL
+	r.Host = r.server.Listener.Addr().String()
+	return r, nil
+}
+
+// newApp turns NewApp's panics on bad configuration into errors.
+func newApp(ctx context.Context, cfg *configuration.Configuration) (app *handlers.App, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("testregistry: creating registry app: %v", p)
+		}
+	}()
+	return handlers.NewApp(ctx, cfg), nil
+}
+
+// Close stops the server (closing client connections) and the registry app.
+func (r *Registry) Close() {
+	r.server.CloseClientConnections()
+	r.server.Close()
+	r.cancel()
+	if r.quiet {
+		unquietRegistryLogs()
+		r.quiet = false
+	}
+}
+
+// SetBlobHook installs h (nil removes it). Safe to call while serving.
+func (r *Registry) SetBlobHook(h func(w http.ResponseWriter, req *http.Request, d digest.Digest) (handled bool)) {
+	if h == nil {
+		r.hook.Store(nil)
+		return
+	}
+	bh := BlobHook(h)
+	r.hook.Store(&bh)
+}
+
+// BlobBytes returns the body bytes served for GETs of blob d.
+func (r *Registry) BlobBytes(d digest.Digest) int64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.bytes[d]
+}
+
+// BlobGets returns the number of GET requests for blob d (any range,
+// including those a hook handled or that failed).
+func (r *Registry) BlobGets(d digest.Digest) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.gets[d]
+}
+
+// TotalBlobBytes returns the body bytes served for all blob GETs.
+func (r *Registry) TotalBlobBytes() int64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.total
+}
+
+// Served returns a copy of the per-blob byte counts.
+func (r *Registry) Served() map[digest.Digest]int64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return maps.Clone(r.bytes)
+}
+
+// ResetCounters zeroes all counters, e.g. after pushing fixtures.
+func (r *Registry) ResetCounters() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.bytes = map[digest.Digest]int64{}
+	r.gets = map[digest.Digest]int{}
+	r.total = 0
+}
+
+// blobPath matches /v2/<name>/blobs/<digest>; upload URLs
+// (/blobs/uploads/...) do not match because they contain no digest.
+var blobPath = regexp.MustCompile(`^/v2/(.+)/blobs/([A-Za-z0-9_+.-]+:[A-Za-z0-9=_-]+)$`)
+
+// middleware counts, throttles and hooks blob GETs; everything else goes
+// straight to the registry.
+func (r *Registry) middleware(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		if req.Method != http.MethodGet {
+			next.ServeHTTP(w, req)
+			return
+		}
+		m := blobPath.FindStringSubmatch(req.URL.Path)
+		if m == nil {
+			next.ServeHTTP(w, req)
+			return
+		}
+		d, err := digest.Parse(m[2])
+		if err != nil {
+			next.ServeHTTP(w, req)
+			return
+		}
+		r.mu.Lock()
+		r.gets[d]++
+		r.mu.Unlock()
+
+		cw := &countingWriter{ResponseWriter: w, reg: r, digest: d, ctx: req.Context()}
+		if h := r.hook.Load(); h != nil && (*h)(cw, req, d) {
+			return
+		}
+		next.ServeHTTP(cw, req)
+	})
+}
+
+func (r *Registry) count(d digest.Digest, n int) {
+	r.mu.Lock()
+	r.bytes[d] += int64(n)
+	r.total += int64(n)
+	r.mu.Unlock()
+}
+
+// countingWriter counts (and throttles) body bytes of successful blob
+// responses. It stays a plain pass-through wrapper so http.ServeContent's
+// single and multipart range responses work unchanged; error bodies (JSON
+// errors, 416) are neither counted nor throttled.
+type countingWriter struct {
+	http.ResponseWriter
+	reg     *Registry
+	digest  digest.Digest
+	ctx     context.Context
+	status  int
+	counted bool
+}
+
+func (w *countingWriter) WriteHeader(code int) {
+	if w.status == 0 {
+		w.status = code
+		w.counted = code == http.StatusOK || code == http.StatusPartialContent
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+// writeChunk bounds how many bytes one limiter reservation covers, so
+// concurrent connections interleave fairly.
+const writeChunk = 32 << 10
+
+func (w *countingWriter) Write(p []byte) (int, error) {
+	if w.status == 0 {
+		w.WriteHeader(http.StatusOK)
+	}
+	if !w.counted {
+		return w.ResponseWriter.Write(p)
+	}
+	written := 0
+	for len(p) > 0 {
+		chunk := p[:min(len(p), writeChunk)]
+		if l := w.reg.limiter; l != nil {
+			if err := l.wait(w.ctx, len(chunk)); err != nil {
+				return written, err
+			}
+		}
+		// Count before writing: once the bytes reach the socket the client
+		// may finish and read the counters before this goroutine resumes.
+		// A short write takes back what did not go out.
+		w.reg.count(w.digest, len(chunk))
+		n, err := w.ResponseWriter.Write(chunk)
+		written += n
+		if n < len(chunk) {
+			w.reg.count(w.digest, n-len(chunk))
+		}
+		if err != nil {
+			return written, err
+		}
+		p = p[n:]
+	}
+	return written, nil
+}
+
+// Flush passes through so streaming handlers keep working.
+func (w *countingWriter) Flush() {
+	if f, ok := w.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+// Unwrap lets http.ResponseController reach the underlying writer.
+func (w *countingWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
