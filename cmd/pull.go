@@ -6,9 +6,11 @@ import (
 	"io"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/sirupsen/logrus"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"go.podman.io/image/v5/signature"
 	"go.podman.io/image/v5/types"
 	"go.podman.io/storage/pkg/unshare"
@@ -24,6 +26,7 @@ type pullOptions struct {
 	jobs     int
 	files    []string
 	quiet    bool
+	format   string
 	failFast bool
 }
 
@@ -33,6 +36,7 @@ func (o *pullOptions) flags(c *cobra.Command) {
 	fs.IntVarP(&o.jobs, "jobs", "j", pull.DefaultJobs, "number of blobs copied at once, across all images")
 	fs.StringArrayVar(&o.files, "file", nil, "read image references from `PATH`, one per line, # starts a comment; - is standard input (repeatable)")
 	fs.BoolVarP(&o.quiet, "quiet", "q", false, "print only the pulled image IDs, one per line")
+	fs.StringVar(&o.format, "format", "text", "what to print on standard output at the end: `text` (image IDs) or json (a summary of the run, see README)")
 	fs.BoolVar(&o.failFast, "fail-fast", false, "stop all pulls after the first image fails")
 	o.storage.flags(fs)
 	o.registry.flags(fs)
@@ -60,6 +64,8 @@ attempted unless --fail-fast), 2 for usage errors, 130 or 143 when interrupted.`
 		},
 	}
 	o.flags(c)
+	_ = c.RegisterFlagCompletionFunc("format", cobra.FixedCompletions(
+		[]string{"text", "json"}, cobra.ShellCompDirectiveNoFileComp))
 	_ = c.RegisterFlagCompletionFunc("storage-driver", cobra.FixedCompletions(
 		[]string{"overlay", "vfs", "zfs"}, cobra.ShellCompDirectiveNoFileComp))
 	return c
@@ -72,6 +78,9 @@ func (o *pullOptions) run(c *cobra.Command, args []string, stdio IO) error {
 	}
 	if o.jobs < 1 {
 		return usageErrorf("--jobs must be at least 1")
+	}
+	if o.format != "text" && o.format != "json" {
+		return usageErrorf("--format %q: want text or json", o.format)
 	}
 	sys := &types.SystemContext{DockerRegistryUserAgent: "herd"}
 	if err := o.registry.systemContext(c.Flags(), sys); err != nil {
@@ -111,6 +120,7 @@ func (o *pullOptions) run(c *cobra.Command, args []string, stdio IO) error {
 	if !o.quiet {
 		display = progress.NewPlain(stdio.Stderr)
 	}
+	start := time.Now()
 	results := pull.Run(c.Context(), images, pull.Options{
 		Store: store, System: sys, Policy: policy, Jobs: o.jobs,
 		Observe: display.Observe, FailFast: o.failFast,
@@ -124,9 +134,14 @@ func (o *pullOptions) run(c *cobra.Command, args []string, stdio IO) error {
 			if o.quiet {
 				fmt.Fprintf(stdio.Stderr, "Error: %v\n", r.Err)
 			}
-			continue
+		} else if o.format == "text" {
+			fmt.Fprintln(stdio.Stdout, r.ImageID)
 		}
-		fmt.Fprintln(stdio.Stdout, r.ImageID)
+	}
+	if o.format == "json" {
+		if err := progress.NewSummary(results, time.Since(start)).WriteJSON(stdio.Stdout); err != nil {
+			return err
+		}
 	}
 	if failed > 0 {
 		return failedError{failed}
@@ -187,4 +202,9 @@ func bigFilesDir() string {
 		return d
 	}
 	return "/var/tmp" // podman's image_copy_tmp_dir default
+}
+
+// PullFlags returns the flags of herd pull, for documentation tests.
+func PullFlags() *pflag.FlagSet {
+	return newPullCommand(IO{}).Flags()
 }

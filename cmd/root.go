@@ -62,12 +62,19 @@ func Execute(args []string, stdio IO) int {
 		}
 	}()
 
-	root := newRootCommand(stdio)
-	root.SetArgs(args)
-	err := root.ExecuteContext(ctx)
+	code := ExecuteContext(ctx, args, stdio)
 	if s, ok := got.Load().(os.Signal); ok {
 		return exitSignal + int(s.(syscall.Signal))
 	}
+	return code
+}
+
+// ExecuteContext runs herd until it finishes or ctx is cancelled, and
+// returns its exit status; it installs no signal handlers.
+func ExecuteContext(ctx context.Context, args []string, stdio IO) int {
+	root := newRootCommand(stdio)
+	root.SetArgs(args)
+	err := root.ExecuteContext(ctx)
 	var fe failedError
 	switch {
 	case err == nil:

@@ -1,0 +1,298 @@
+package tests
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	digest "github.com/opencontainers/go-digest"
+	"github.com/spf13/pflag"
+	"go.podman.io/storage"
+
+	"github.com/herd-project/herd/cmd"
+	"github.com/herd-project/herd/tests/testimage"
+	"github.com/herd-project/herd/tests/testregistry"
+)
+
+const kib = 1024
+
+// base, mid and own layers shaped like a small real image.
+var (
+	baseLayer = testimage.RandomLayer(1, 12, 16*kib)
+	midLayer  = testimage.RandomLayer(2, 8, 16*kib)
+)
+
+func ownLayer(seed int64) testimage.Layer { return testimage.RandomLayer(100+seed, 4, 8*kib) }
+
+// Issue 2, tests 1 and 2: several images in each compression land in an
+// empty store, correct and readable; a second run fetches no layer bytes.
+func TestPullIntoEmptyStoreThenAgain(t *testing.T) {
+	e := newEnv(t, testregistry.Options{})
+	var images []testimage.Pushed
+	for i, comp := range []string{"gzip", "gzip", "zstd", "zstd:chunked"} {
+		img := testimage.Image{Layers: []testimage.Layer{baseLayer, midLayer, ownLayer(int64(i))}}
+		images = append(images, e.push(fmt.Sprintf("app%d:v1", i), img, comp))
+	}
+
+	r := e.herd(refs(images...)...)
+	if r.code != 0 {
+		t.Fatalf("herd pull exited %d\n%s", r.code, r.stderr)
+	}
+	for _, p := range images {
+		e.verifyImage(p)
+	}
+	if ids := strings.Fields(r.stdout); len(ids) != len(images) {
+		t.Errorf("want one image ID per image on stdout, got %q", r.stdout)
+	}
+
+	e.reg.ResetCounters()
+	r = e.herd(refs(images...)...)
+	if r.code != 0 {
+		t.Fatalf("second herd pull exited %d\n%s", r.code, r.stderr)
+	}
+	if n := e.layerBytes(images...); n != 0 {
+		t.Errorf("second run: registry served %d layer bytes, want 0", n)
+	}
+	for _, p := range images {
+		e.verifyImage(p)
+	}
+}
+
+// Issue 2, test 3: at -j 1 a base layer two images share is served once.
+func TestSharedBaseServedOnceSerial(t *testing.T) {
+	for _, comp := range compressions {
+		t.Run(comp, func(t *testing.T) {
+			e := newEnv(t, testregistry.Options{})
+			a := e.push("a:1", testimage.Image{Layers: []testimage.Layer{baseLayer, ownLayer(1)}}, comp)
+			b := e.push("b:1", testimage.Image{Layers: []testimage.Layer{baseLayer, ownLayer(2)}}, comp)
+			shared := a.Layers[0]
+			if b.Layers[0].Digest != shared.Digest {
+				t.Fatalf("fixture: the base layer is not one blob (%s, %s)", shared.Digest, b.Layers[0].Digest)
+			}
+			for rep := 0; rep < 3; rep++ {
+				e.resetStore()
+				e.reg.ResetCounters()
+				if r := e.herd("-j", "1", a.Ref, b.Ref); r.code != 0 {
+					t.Fatalf("herd exited %d\n%s", r.code, r.stderr)
+				}
+				got := e.reg.BlobBytes(shared.Digest)
+				if got == 0 || got > servedOnceBound(comp, shared.Size) {
+					t.Fatalf("run %d: shared blob (%d bytes) served %d bytes, want it served once", rep, shared.Size, got)
+				}
+				e.verifyImage(a)
+				e.verifyImage(b)
+			}
+		})
+	}
+}
+
+// Issue 2, test 4: zstd:chunked images whose layers are different blobs
+// with mostly the same files: the second pull fetches only what differs.
+// At -j 1 the first layer is committed before the second starts; at higher
+// -j two such layers may be fetched at once (see README, limitations).
+func TestSimilarFilesPartialPull(t *testing.T) {
+	e := newEnv(t, testregistry.Options{})
+	big := testimage.RandomLayer(7, 40, 32*kib)
+	similar := testimage.SimilarLayer(big, 8, 3)
+	a := e.push("sim-a:1", testimage.Image{Layers: []testimage.Layer{big}}, "zstd:chunked")
+	b := e.push("sim-b:1", testimage.Image{Layers: []testimage.Layer{similar}}, "zstd:chunked")
+	if a.Layers[0].Digest == b.Layers[0].Digest {
+		t.Fatal("fixture: the similar layers are one blob")
+	}
+	s, r := e.summary("-j", "1", a.Ref, b.Ref)
+	if r.code != 0 {
+		t.Fatalf("herd exited %d\n%s", r.code, r.stderr)
+	}
+	// Whichever image went second should have been served at most 20%.
+	aBytes, bBytes := e.reg.BlobBytes(a.Layers[0].Digest), e.reg.BlobBytes(b.Layers[0].Digest)
+	aFrac, bFrac := float64(aBytes)/float64(a.Layers[0].Size), float64(bBytes)/float64(b.Layers[0].Size)
+	t.Logf("served %.1f%% of a's blob, %.1f%% of b's", 100*aFrac, 100*bFrac)
+	if min(aFrac, bFrac) > 0.20 {
+		t.Errorf("the second image was served %.1f%% of its blob, want at most 20%%", 100*min(aFrac, bFrac))
+	}
+	hows := map[string]bool{}
+	for _, img := range s.Images {
+		hows[img.Layers[0].How] = true
+	}
+	if !hows["partial"] {
+		t.Errorf("no layer reported as a partial pull: %+v", s.Images)
+	}
+	e.verifyImage(a)
+	e.verifyImage(b)
+}
+
+// Issue 2, test 5: a missing image does not stop the others.
+func TestMissingImageAmongGood(t *testing.T) {
+	e := newEnv(t, testregistry.Options{})
+	a := e.push("good-a:1", testimage.Image{Layers: []testimage.Layer{baseLayer, ownLayer(1)}}, "gzip")
+	b := e.push("good-b:1", testimage.Image{Layers: []testimage.Layer{baseLayer, ownLayer(2)}}, "zstd")
+	missing := e.reg.Host + "/nothing-here:1"
+	r := e.herd(a.Ref, missing, b.Ref)
+	if r.code != 1 {
+		t.Fatalf("exit status %d, want 1\n%s", r.code, r.stderr)
+	}
+	if !strings.Contains(r.stderr, missing) || !strings.Contains(r.stderr, "failed") {
+		t.Errorf("stderr does not name the missing image %s as failed:\n%s", missing, r.stderr)
+	}
+	e.verifyImage(a)
+	e.verifyImage(b)
+}
+
+// The same reference twice, and two tags of one manifest, are pulled once;
+// the image gets both names.
+func TestDuplicateInputsPulledOnce(t *testing.T) {
+	e := newEnv(t, testregistry.Options{})
+	img := testimage.Image{Layers: []testimage.Layer{baseLayer, ownLayer(3)}}
+	a := e.push("dup:one", img, "gzip")
+	b := e.push("dup:two", img, "gzip")
+	if a.ManifestDigest != b.ManifestDigest {
+		t.Fatal("fixture: the two tags name different manifests")
+	}
+	s, r := e.summary(a.Ref, a.Ref, b.Ref)
+	if r.code != 0 {
+		t.Fatalf("herd exited %d\n%s", r.code, r.stderr)
+	}
+	if len(s.Images) != 1 || len(s.Images[0].Inputs) != 2 {
+		t.Fatalf("want one image for both tags, got %+v", s.Images)
+	}
+	for _, l := range a.Layers {
+		if n := e.reg.BlobBytes(l.Digest); n != l.Size {
+			t.Errorf("layer %s served %d bytes, want exactly its size %d", l.Digest, n, l.Size)
+		}
+	}
+	stored, err := e.store().Image(a.Ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !containsAll(stored.Names, a.Ref, b.Ref) {
+		t.Errorf("image names %v, want both %s and %s", stored.Names, a.Ref, b.Ref)
+	}
+}
+
+func containsAll(have []string, want ...string) bool {
+	set := map[string]bool{}
+	for _, h := range have {
+		set[h] = true
+	}
+	for _, w := range want {
+		if !set[w] {
+			return false
+		}
+	}
+	return true
+}
+
+// Every layer is committed as soon as it lands: while the top layer's blob
+// is held back at the registry, the lower layers are already in the store.
+func TestLayersCommittedAsTheyLand(t *testing.T) {
+	for _, comp := range compressions {
+		t.Run(comp, func(t *testing.T) {
+			e := newEnv(t, testregistry.Options{})
+			lower := []testimage.Layer{baseLayer, midLayer}
+			p := e.push("early:1", testimage.Image{Layers: append(lower, ownLayer(9))}, comp)
+			top := p.Layers[2].Digest
+
+			release := make(chan struct{})
+			var once sync.Once
+			defer once.Do(func() { close(release) })
+			e.reg.SetBlobHook(func(w http.ResponseWriter, req *http.Request, d digest.Digest) bool {
+				if d == top {
+					select {
+					case <-release:
+					case <-req.Context().Done():
+					}
+				}
+				return false
+			})
+
+			done := make(chan run, 1)
+			go func() { done <- e.herd("-j", "3", p.Ref) }()
+
+			s := e.store() // the very store object herd is writing through
+			deadline := time.Now().Add(60 * time.Second)
+			for !lowerCommitted(s, p.DiffIDs[:2]) {
+				select {
+				case r := <-done:
+					t.Fatalf("herd finished while the top layer was held back: %d\n%s", r.code, r.stderr)
+				default:
+				}
+				if time.Now().After(deadline) {
+					t.Fatal("the lower layers were not committed while the top layer was still being fetched")
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			once.Do(func() { close(release) })
+			if r := <-done; r.code != 0 {
+				t.Fatalf("herd exited %d\n%s", r.code, r.stderr)
+			}
+			e.verifyImage(p)
+		})
+	}
+}
+
+func lowerCommitted(s storage.Store, diffIDs []digest.Digest) bool {
+	for _, d := range diffIDs {
+		layers, err := s.LayersByUncompressedDigest(d)
+		if err != nil && !errors.Is(err, storage.ErrLayerUnknown) || len(layers) == 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// Issue 2, test 6: --help documents every flag; usage errors exit 2.
+func TestUsage(t *testing.T) {
+	exec := func(args ...string) run {
+		var out, errOut strings.Builder
+		code := cmd.ExecuteContext(context.Background(), args, cmd.IO{Stdin: strings.NewReader(""), Stdout: &out, Stderr: &errOut})
+		return run{out.String(), errOut.String(), code}
+	}
+	help := exec("pull", "--help")
+	if help.code != 0 {
+		t.Fatalf("pull --help exited %d", help.code)
+	}
+	flags := cmd.PullFlags()
+	flags.VisitAll(func(f *pflag.Flag) {
+		if !strings.Contains(help.stdout, "--"+f.Name+" ") || f.Usage == "" {
+			t.Errorf("pull --help does not document --%s", f.Name)
+		}
+	})
+	if !strings.Contains(help.stdout, "--log-level") {
+		t.Error("pull --help does not document the global --log-level")
+	}
+
+	for _, args := range [][]string{
+		{"pull"},
+		{"pull", "--no-such-flag", "x"},
+		{"pull", "--jobs", "0", "x"},
+		{"pull", "--platform", "linux", "x"},
+		{"pull", "--format", "yaml", "x"},
+		{"pull", "--file", "/nonexistent/list"},
+	} {
+		if r := exec(args...); r.code != 2 || !strings.Contains(r.stderr, "Error:") {
+			t.Errorf("herd %s: exit %d, want 2 with an error message; stderr: %q", strings.Join(args, " "), r.code, r.stderr)
+		}
+	}
+}
+
+// Images listed in a file or on standard input join those on the command line.
+func TestImageListFromFileAndStdin(t *testing.T) {
+	e := newEnv(t, testregistry.Options{})
+	a := e.push("list-a:1", testimage.Image{Layers: []testimage.Layer{ownLayer(21)}}, "gzip")
+	b := e.push("list-b:1", testimage.Image{Layers: []testimage.Layer{ownLayer(22)}}, "zstd")
+	c := e.push("list-c:1", testimage.Image{Layers: []testimage.Layer{ownLayer(23)}}, "gzip")
+	list := e.dir + "/images.txt"
+	write(t, list, "# images for the test\n\n"+a.Ref+"   # first\n")
+	r := e.herdContext(context.Background(), strings.NewReader(b.Ref+"\n"), "--file", list, "--file", "-", c.Ref)
+	if r.code != 0 {
+		t.Fatalf("herd exited %d\n%s", r.code, r.stderr)
+	}
+	for _, p := range []testimage.Pushed{a, b, c} {
+		e.verifyImage(p)
+	}
+}
