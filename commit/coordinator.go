@@ -21,9 +21,13 @@
 //     holds a slot of the shared semaphore.
 //  2. A flight ends (its done channel is closed) exactly once: when any pull
 //     commits a layer made from that blob (matched by compressed digest, or by
-//     TOC digest for zstd:chunked partial pulls), or when its owner finishes,
-//     fails or is cancelled (Pull.Done). Waiters then look the layer up again;
-//     if it is still missing they claim it themselves.
+//     TOC digest for zstd:chunked partial pulls); when its owner turns out to
+//     reuse the blob after all (Pull.Reused: its compressed-digest lookup
+//     missed, but a TOC or DiffID lookup that follows found the layer); or
+//     when its owner finishes, fails or is cancelled (Pull.Done). Waiters then
+//     look the layer up again; if it is still missing they claim it.
+//     A flight must never outlive its owner's fetch: an owner that is not
+//     fetching may need a new semaphore slot, and waiters may hold them all.
 //  3. Waiting never forms a cycle. containers/image holds the waiting image's
 //     destination lock while it asks the store, so a waiting pull cannot
 //     commit anything until its wait ends. A pull therefore waits for another
@@ -165,6 +169,21 @@ func (p *Pull) Done() {
 		p.c.endFlightLocked(blob, f, false)
 	}
 	p.claims = map[digest.Digest]*flight{}
+}
+
+// Reused ends this pull's flight for blob, if it has one, because the pull
+// found the layer in the store after claiming it. The pull engine calls it
+// when containers/image reports the blob as skipped, which it does only
+// after its reuse check succeeded.
+func (p *Pull) Reused(blob digest.Digest) {
+	p.c.mu.Lock()
+	defer p.c.mu.Unlock()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if f := p.claims[blob]; f != nil {
+		delete(p.claims, blob)
+		p.c.endFlightLocked(blob, f, true)
+	}
 }
 
 // endFlightLocked closes f if it is still the current flight for blob.

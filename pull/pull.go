@@ -299,6 +299,7 @@ func (ip *imagePull) onProgress(pp types.ProgressProperties) {
 			ip.emit(Event{Kind: EventLayerDone, Blob: d, How: Fetched, Bytes: n, Size: pp.Artifact.Size})
 		}
 	case types.ProgressEventSkipped:
+		ip.p.Reused(d)
 		// A wait, if any, ended before containers/image reported the skip.
 		how := Reused
 		if ip.p.Waited(d) {
