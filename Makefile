@@ -4,12 +4,16 @@ TAGS := containers_image_openpgp exclude_graphdriver_btrfs
 GO   ?= go
 GOFLAGS_TAGS := -tags '$(TAGS)'
 
-.PHONY: all build test demo bench completions vet clean
+.PHONY: all build test demo vet clean
 
 all: build
 
 build:
 	$(GO) build $(GOFLAGS_TAGS) -o bin/herd .
+
+# demo: a local registry with sample images, pulled by herd into a temporary store; offline.
+demo: build
+	$(GO) run $(GOFLAGS_TAGS) ./tests/demo -herd bin/herd
 
 vet:
 	$(GO) vet $(GOFLAGS_TAGS) ./...

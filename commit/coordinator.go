@@ -71,6 +71,7 @@ type Coordinator struct {
 	mu        sync.Mutex
 	flights   map[digest.Digest]*flight       // by compressed blob digest
 	tocToBlob map[digest.Digest]digest.Digest // zstd:chunked TOC digest → compressed blob digest
+	blobToTOC map[digest.Digest]digest.Digest // and back
 	waitsFor  map[*Pull]map[*Pull]int         // waiter → owner → number of waits
 
 	lastRead atomic.Int64 // unix nanoseconds of the last byte read by any pull
@@ -90,6 +91,7 @@ func NewCoordinator() *Coordinator {
 		StallTimeout: DefaultStallTimeout,
 		flights:      map[digest.Digest]*flight{},
 		tocToBlob:    map[digest.Digest]digest.Digest{},
+		blobToTOC:    map[digest.Digest]digest.Digest{},
 		waitsFor:     map[*Pull]map[*Pull]int{},
 	}
 	c.Progressed()
@@ -114,6 +116,7 @@ func (c *Coordinator) LinkTOC(toc, blob digest.Digest) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.tocToBlob[toc] = blob
+	c.blobToTOC[blob] = toc
 }
 
 // WaitEvent tells an observer that a pull waited for another pull's blob.
@@ -214,6 +217,12 @@ func (c *Coordinator) blobForTOC(toc digest.Digest) digest.Digest {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.tocToBlob[toc]
+}
+
+func (c *Coordinator) tocForBlob(blob digest.Digest) digest.Digest {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.blobToTOC[blob]
 }
 
 // decision is what a pull does about a blob its lookup did not find.

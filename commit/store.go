@@ -31,6 +31,12 @@ func (s *Store) LayersByCompressedDigest(d digest.Digest) ([]storage.Layer, erro
 		if len(layers) > 0 || (err != nil && !errors.Is(err, storage.ErrLayerUnknown)) {
 			return layers, err
 		}
+		if s.hasByTOC(d) {
+			// A partially pulled layer has no compressed digest; containers/image
+			// finds it by TOC right after this miss. Claiming it would only
+			// make other pulls wait for nothing.
+			return layers, err
+		}
 		switch s.pull.claimOrWait(d) {
 		case lookAgain:
 			// A partial pull's layer has no compressed digest, so this may
@@ -42,6 +48,16 @@ func (s *Store) LayersByCompressedDigest(d digest.Digest) ([]storage.Layer, erro
 			return layers, err
 		}
 	}
+}
+
+// hasByTOC reports whether the store has a partially pulled layer of blob.
+func (s *Store) hasByTOC(blob digest.Digest) bool {
+	toc := s.pull.c.tocForBlob(blob)
+	if toc == "" {
+		return false
+	}
+	layers, err := s.Store.LayersByTOCDigest(toc)
+	return err == nil && len(layers) > 0
 }
 
 // PutLayer commits a fully fetched (or locally copied) layer, and ends the

@@ -1,0 +1,194 @@
+// Command demo shows herd's main job offline: it starts a local registry,
+// pushes a few sample images that share base layers, runs the herd binary
+// to pull them all into a temporary store, and prints what the registry
+// served compared with what the images need. Run it with `make demo`.
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"text/tabwriter"
+
+	digest "github.com/opencontainers/go-digest"
+
+	"github.com/herd-project/herd/progress"
+	"github.com/herd-project/herd/tests/testimage"
+	"github.com/herd-project/herd/tests/testregistry"
+)
+
+func main() {
+	herd := flag.String("herd", "bin/herd", "the herd binary to run")
+	keep := flag.Bool("keep", false, "keep the temporary store and print where it is")
+	flag.Parse()
+	if err := run(*herd, *keep); err != nil {
+		fmt.Fprintln(os.Stderr, "demo:", err)
+		os.Exit(1)
+	}
+}
+
+func run(herd string, keep bool) error {
+	ctx := context.Background()
+	dir, err := os.MkdirTemp("", "herd-demo-") // no ':' in the path: overlay needs that
+	if err != nil {
+		return err
+	}
+	if !keep {
+		defer os.RemoveAll(dir)
+	}
+
+	reg, err := testregistry.Start(ctx, testregistry.Options{Quiet: true})
+	if err != nil {
+		return err
+	}
+	defer reg.Close()
+	fmt.Printf("Local registry at %s; pushing sample images...\n", reg.Host)
+	images, err := pushSamples(ctx, reg.Host, filepath.Join(dir, "push"))
+	if err != nil {
+		return err
+	}
+	unique := uniqueBytes(images)
+
+	args := []string{"pull", "-j", "4", "--format", "json",
+		"--root", filepath.Join(dir, "storage"), "--runroot", filepath.Join(dir, "run"),
+		"--signature-policy", writeFile(dir, "policy.json", `{"default":[{"type":"insecureAcceptAnything"}]}`),
+		"--registries-conf", writeFile(dir, "registries.conf", ""),
+		"--tls-verify=false"}
+	if os.Geteuid() != 0 {
+		args = append(args, "--storage-driver", "vfs") // overlay needs root or a user namespace set up for it
+	}
+	for _, p := range images {
+		args = append(args, p.Ref)
+	}
+	for round, title := range []string{"First pull into an empty store", "Same pull again: everything is already there"} {
+		reg.ResetCounters()
+		fmt.Printf("\n== %s ==\n$ herd pull -j 4 %d images\n", title, len(images))
+		summary, err := runHerd(herd, args)
+		if err != nil {
+			return err
+		}
+		printSummary(summary)
+		fmt.Printf("registry served %s of layer blobs; the images' unique layer bytes are %s (%.2fx)\n",
+			mib(layerBytes(reg, images)), mib(unique), float64(layerBytes(reg, images))/float64(unique))
+		if round == 0 {
+			fmt.Println("(podman or skopeo pulling these in parallel fetch each shared base blob once per image)")
+		}
+	}
+	if keep {
+		fmt.Printf("\nstore kept at %s/storage\n", dir)
+	}
+	return nil
+}
+
+// pushSamples pushes six images: all share an OS base layer, half share a
+// runtime layer, each has its own app layer; gzip and zstd:chunked.
+func pushSamples(ctx context.Context, host, workDir string) ([]testimage.Pushed, error) {
+	if err := os.MkdirAll(workDir, 0o755); err != nil {
+		return nil, err
+	}
+	pusher := testimage.NewPusher(host, workDir)
+	base := testimage.RandomLayer(1, 64, 64*1024)
+	runtime := testimage.RandomLayer(2, 48, 64*1024)
+	var out []testimage.Pushed
+	for i := 0; i < 6; i++ {
+		layers := []testimage.Layer{base}
+		if i%2 == 0 {
+			layers = append(layers, runtime)
+		}
+		layers = append(layers, testimage.RandomLayer(int64(10+i), 8, 32*1024))
+		comp := "gzip"
+		if i >= 3 {
+			comp = "zstd:chunked"
+		}
+		p, err := pusher.Push(ctx, fmt.Sprintf("demo/app%d:latest", i), testimage.Image{Layers: layers}, comp)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+func runHerd(herd string, args []string) (progress.Summary, error) {
+	var stdout bytes.Buffer
+	c := exec.Command(herd, args...)
+	c.Stdout, c.Stderr = &stdout, os.Stderr
+	err := c.Run()
+	var s progress.Summary
+	if jerr := json.Unmarshal(stdout.Bytes(), &s); jerr != nil {
+		if err != nil {
+			return s, fmt.Errorf("%s: %w", herd, err)
+		}
+		return s, fmt.Errorf("parsing herd's summary: %w", jerr)
+	}
+	if err != nil {
+		return s, fmt.Errorf("%s: %w (%d images failed)", herd, err, s.Totals.Failed)
+	}
+	return s, nil
+}
+
+func printSummary(s progress.Summary) {
+	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(w, "IMAGE\tID\tLAYERS (how)\tFETCHED")
+	for _, img := range s.Images {
+		hows := map[string]int{}
+		for _, l := range img.Layers {
+			hows[l.How]++
+		}
+		var desc string
+		for _, h := range []string{"fetched", "partial", "waited", "reused"} {
+			if hows[h] > 0 {
+				desc += fmt.Sprintf("%d %s ", hows[h], h)
+			}
+		}
+		id := img.ImageID
+		if len(id) > 12 {
+			id = id[:12]
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", img.Inputs[0], id, desc, mib(img.Fetched))
+	}
+	w.Flush()
+}
+
+func uniqueBytes(images []testimage.Pushed) int64 {
+	seen := map[digest.Digest]bool{}
+	var n int64
+	for _, p := range images {
+		for _, l := range p.Layers {
+			if !seen[l.Digest] {
+				seen[l.Digest] = true
+				n += l.Size
+			}
+		}
+	}
+	return n
+}
+
+func layerBytes(reg *testregistry.Registry, images []testimage.Pushed) int64 {
+	seen := map[digest.Digest]bool{}
+	var n int64
+	for _, p := range images {
+		for _, l := range p.Layers {
+			if !seen[l.Digest] {
+				seen[l.Digest] = true
+				n += reg.BlobBytes(l.Digest)
+			}
+		}
+	}
+	return n
+}
+
+func writeFile(dir, name, content string) string {
+	path := filepath.Join(dir, name)
+	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+		panic(err)
+	}
+	return path
+}
+
+func mib(n int64) string { return fmt.Sprintf("%.2f MiB", float64(n)/(1<<20)) }
