@@ -4,9 +4,14 @@ TAGS := containers_image_openpgp exclude_graphdriver_btrfs
 GO   ?= go
 GOFLAGS_TAGS := -tags '$(TAGS)'
 
-.PHONY: all build test demo vet clean
+.PHONY: all build test demo vet clean tags
 
 all: build
+
+# tags prints the build tags, for running go directly:
+#   go test -tags "$(make -s tags)" ./...
+tags:
+	@echo $(TAGS)
 
 build:
 	$(GO) build $(GOFLAGS_TAGS) -o bin/herd .

@@ -44,7 +44,11 @@
 //
 // Waits happen only in LayersByCompressedDigest, the lookup every
 // TryReusingBlobWithOptions makes before any TOC- or DiffID-based lookup,
-// so one wait point serves gzip, zstd and zstd:chunked alike.
+// so one wait point serves gzip, zstd and zstd:chunked alike. A partially
+// pulled layer has no compressed digest, so before claiming a blob the Store
+// also asks by the blob's TOC digest (known from the manifests, LinkTOC):
+// if that layer exists, containers/image will find it next, and there is
+// nothing to claim.
 package commit
 
 import (
