@@ -60,16 +60,13 @@ func Run(ctx context.Context, inputs []string, opts Options) []*Result {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
-	targets, failures := resolveAll(ctx, dedupStrings(inputs), opts)
-	results := make([]*Result, 0, len(targets)+len(failures))
-	for _, t := range targets {
-		results = append(results, &Result{
-			Inputs: t.inputs, Reference: t.named.String(), Digest: t.digest,
-			InstanceDigest: t.instance, Platform: t.platform, Layers: layersOf(t.layers),
-		})
-	}
+	targets, results := resolveAll(ctx, dedupStrings(inputs), opts)
 	for i, r := range results {
-		opts.Observe(Event{Kind: EventResolved, Image: i, Result: r, Time: time.Now()})
+		kind := EventResolved
+		if r.Failed() {
+			kind = EventImageDone // it ends here: nothing to pull
+		}
+		opts.Observe(Event{Kind: kind, Image: i, Result: r, Time: time.Now()})
 	}
 
 	coord := commit.NewCoordinator()
@@ -77,6 +74,9 @@ func Run(ctx context.Context, inputs []string, opts Options) []*Result {
 		coord.StallTimeout = opts.StallTimeout
 	}
 	for _, t := range targets {
+		if t == nil {
+			continue
+		}
 		for _, l := range t.layers {
 			if toc := tocDigest(l); toc != "" {
 				coord.LinkTOC(toc, l.Digest)
@@ -86,6 +86,9 @@ func Run(ctx context.Context, inputs []string, opts Options) []*Result {
 	sem := semaphore.NewWeighted(int64(opts.Jobs))
 	var wg sync.WaitGroup
 	for i, t := range targets {
+		if t == nil {
+			continue // resolving it failed; its result says why
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -98,23 +101,14 @@ func Run(ctx context.Context, inputs []string, opts Options) []*Result {
 		}()
 	}
 	wg.Wait()
-
-	for _, f := range failures {
-		r := &Result{Inputs: []string{f.input}, Err: f.err}
-		opts.Observe(Event{Kind: EventImageDone, Image: len(results), Result: r, Time: time.Now()})
-		results = append(results, r)
-	}
 	return results
 }
 
-type failure struct {
-	input string
-	err   error
-}
-
 // resolveAll resolves inputs in parallel (bounded by Jobs) and merges the
-// ones that name the same manifest, keeping the first input's order.
-func resolveAll(ctx context.Context, inputs []string, opts Options) ([]*target, []failure) {
+// ones that name the same manifest into the first of them. It returns, in
+// input order, one result per distinct image or failed input, and beside
+// each the target to pull (nil for a failed input).
+func resolveAll(ctx context.Context, inputs []string, opts Options) ([]*target, []*Result) {
 	resolved := make([]*target, len(inputs))
 	errs := make([]error, len(inputs))
 	var g errgroup.Group
@@ -128,11 +122,12 @@ func resolveAll(ctx context.Context, inputs []string, opts Options) ([]*target, 
 	_ = g.Wait()
 
 	var targets []*target
-	var failures []failure
+	var results []*Result
 	byDigest := map[digest.Digest]*target{}
 	for i, t := range resolved {
 		if errs[i] != nil {
-			failures = append(failures, failure{inputs[i], fmt.Errorf("%s: %w", inputs[i], errs[i])})
+			targets = append(targets, nil)
+			results = append(results, &Result{Inputs: []string{inputs[i]}, Err: fmt.Errorf("pulling %s: %w", inputs[i], errs[i])})
 			continue
 		}
 		if first := byDigest[t.digest]; first != nil {
@@ -144,8 +139,18 @@ func resolveAll(ctx context.Context, inputs []string, opts Options) ([]*target, 
 		}
 		byDigest[t.digest] = t
 		targets = append(targets, t)
+		results = append(results, &Result{
+			Inputs: t.inputs, Reference: t.named.String(), Digest: t.digest,
+			InstanceDigest: t.instance, Platform: t.platform, Layers: layersOf(t.layers),
+		})
 	}
-	return targets, failures
+	// Merged inputs were appended to the target after its result was made.
+	for i, t := range targets {
+		if t != nil {
+			results[i].Inputs = t.inputs
+		}
+	}
+	return targets, results
 }
 
 func dedupStrings(in []string) []string {
