@@ -4,7 +4,7 @@ TAGS := containers_image_openpgp exclude_graphdriver_btrfs
 GO   ?= go
 GOFLAGS_TAGS := -tags '$(TAGS)'
 
-.PHONY: all build test demo vet clean tags
+.PHONY: all build test demo vet clean tags fuzz completions bench
 
 all: build
 
@@ -20,12 +20,41 @@ build:
 demo: build
 	$(GO) run $(GOFLAGS_TAGS) ./tests/demo -herd bin/herd
 
+# completions regenerates the shell completion scripts kept in completions/
+# (cobra's, from `herd completion SHELL`); a test fails when they are stale.
+completions:
+	$(GO) run $(GOFLAGS_TAGS) . completion bash > completions/herd.bash
+	$(GO) run $(GOFLAGS_TAGS) . completion zsh > completions/herd.zsh
+	$(GO) run $(GOFLAGS_TAGS) . completion fish > completions/herd.fish
+	$(GO) run $(GOFLAGS_TAGS) . completion powershell > completions/herd.ps1
+
+# bench pulls generated image sets with herd, a plain copy.Image-per-image
+# baseline and podman, side by side, and prints a table (README: "Benchmark");
+# plots and raw runs go to bin/bench. Not part of make test (a -quick smoke
+# run is). Takes about 50 minutes on 2 cores; BENCHFLAGS=-quick for a one-minute run, or
+# e.g. BENCHFLAGS='-sets fleet -limits 100 -j 4'.
+bench: build
+	$(GO) build $(GOFLAGS_TAGS) -o bin/bench-plaincopy ./bench/cmd/plaincopy
+	$(GO) build -o bin/bench-launcher ./bench/cmd/launcher
+	$(GO) run $(GOFLAGS_TAGS) ./bench -herd bin/herd -plaincopy bin/bench-plaincopy -launcher bin/bench-launcher $(BENCHFLAGS)
+
 vet:
 	$(GO) vet $(GOFLAGS_TAGS) ./...
 
 test:
 	$(GO) vet $(GOFLAGS_TAGS) ./...
 	$(GO) test $(GOFLAGS_TAGS) -count=1 -timeout 40m ./...
+
+# fuzz runs each fuzz target (herd's parsing of what users type: --file
+# lists, --platform, --pull-option, --creds, the retry flags) for FUZZTIME.
+# make test runs their seed corpora; this generates new input. The first
+# run builds instrumented dependencies (a few minutes on 2 cores).
+FUZZTIME ?= 20s
+fuzz:
+	@set -e; for target in $$($(GO) test $(GOFLAGS_TAGS) -list '^Fuzz' ./cmd | grep '^Fuzz'); do \
+		echo "== $$target ($(FUZZTIME))"; \
+		$(GO) test $(GOFLAGS_TAGS) -run '^$$' -fuzz "^$$target$$" -fuzztime $(FUZZTIME) ./cmd; \
+	done
 
 clean:
 	rm -rf bin

@@ -113,10 +113,18 @@ func (o *registryOptions) systemContext(fs *pflag.FlagSet, sys *types.SystemCont
 	sys.SystemRegistriesConfPath = o.registriesConf // "" lets sysregistriesv2 read CONTAINERS_REGISTRIES_CONF itself
 	sys.SignaturePolicyPath = o.signaturePolicy
 	sys.AuthFilePath = o.authfile
+	from := "--authfile"
 	if sys.AuthFilePath == "" {
 		// podman and skopeo honour this through containers/common, which herd
 		// does not depend on; containers/image itself does not read it.
-		sys.AuthFilePath = os.Getenv("REGISTRY_AUTH_FILE")
+		sys.AuthFilePath, from = os.Getenv("REGISTRY_AUTH_FILE"), "$REGISTRY_AUTH_FILE"
+	}
+	if sys.AuthFilePath != "" {
+		// As podman: containers/image would treat a missing file as "no
+		// credentials" and the registry's 401 would hide the typo.
+		if _, err := os.Stat(sys.AuthFilePath); err != nil {
+			return usageErrorf("%s: credential file is not accessible: %v", from, err)
+		}
 	}
 	if fs.Changed("tls-verify") {
 		sys.DockerInsecureSkipTLSVerify = types.NewOptionalBool(!o.tlsVerify)

@@ -2,8 +2,10 @@ package cmd
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"strings"
 	"time"
@@ -14,6 +16,7 @@ import (
 	"go.podman.io/image/v5/signature"
 	"go.podman.io/image/v5/types"
 	"go.podman.io/storage/pkg/unshare"
+	"golang.org/x/term"
 
 	"github.com/herd-project/herd/progress"
 	"github.com/herd-project/herd/pull"
@@ -28,6 +31,7 @@ type pullOptions struct {
 	quiet    bool
 	format   string
 	failFast bool
+	retry    retryOptions
 }
 
 func (o *pullOptions) flags(c *cobra.Command) {
@@ -41,6 +45,7 @@ func (o *pullOptions) flags(c *cobra.Command) {
 	o.storage.flags(fs)
 	o.registry.flags(fs)
 	o.platform.flags(fs)
+	o.retry.flags(fs)
 }
 
 func newPullCommand(stdio IO) *cobra.Command {
@@ -62,6 +67,8 @@ attempted unless --fail-fast), 2 for usage errors, 130 or 143 when interrupted.`
 		RunE: func(c *cobra.Command, args []string) error {
 			return o.run(c, args, stdio)
 		},
+		// Image references are not files; there is no registry to ask offline.
+		ValidArgsFunction: cobra.NoFileCompletions,
 	}
 	o.flags(c)
 	_ = c.RegisterFlagCompletionFunc("format", cobra.FixedCompletions(
@@ -72,6 +79,11 @@ attempted unless --fail-fast), 2 for usage errors, 130 or 143 when interrupted.`
 }
 
 func (o *pullOptions) run(c *cobra.Command, args []string, stdio IO) error {
+	// A rootless user's store lives in a user namespace, as with podman.
+	// This re-executes herd with the same arguments and standard input and
+	// exits with its status, so it must come before anything reads stdin
+	// (--file -) or has effects.
+	unshare.MaybeReexecUsingUserNamespace(false)
 	images, err := o.images(args, stdio.Stdin)
 	if err != nil {
 		return err
@@ -81,6 +93,10 @@ func (o *pullOptions) run(c *cobra.Command, args []string, stdio IO) error {
 	}
 	if o.format != "text" && o.format != "json" {
 		return usageErrorf("--format %q: want text or json", o.format)
+	}
+	opts := pull.Options{Jobs: o.jobs, FailFast: o.failFast}
+	if err := o.retry.apply(&opts); err != nil {
+		return err
 	}
 	sys := &types.SystemContext{DockerRegistryUserAgent: "herd"}
 	if err := o.registry.systemContext(c.Flags(), sys); err != nil {
@@ -92,11 +108,12 @@ func (o *pullOptions) run(c *cobra.Command, args []string, stdio IO) error {
 	// As podman: a missing or unreadable policy is an error, never an implicit accept.
 	policy, err := signature.DefaultPolicy(sys)
 	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("no signature policy: %w; herd never pulls without one: install /etc/containers/policy.json (containers-common) or give --signature-policy", err)
+		}
 		return fmt.Errorf("reading the signature policy: %w", err)
 	}
 
-	// A rootless user's store lives in a user namespace, as with podman.
-	unshare.MaybeReexecUsingUserNamespace(false)
 	store, err := o.storage.open(c.Flags())
 	if err != nil {
 		return err
@@ -108,24 +125,21 @@ func (o *pullOptions) run(c *cobra.Command, args []string, stdio IO) error {
 	}()
 	sys.BlobInfoCacheDir = blobInfoCacheDir(store.GraphRoot())
 	// Big temporary files go to one directory per run that herd removes
-	// itself, so that a failed or interrupted run leaves nothing in /var/tmp.
-	tmp, err := os.MkdirTemp(bigFilesDir(), "herd-")
+	// itself, so that a failed or interrupted run leaves nothing in /var/tmp;
+	// a killed run's directory is removed by the next run (tmpdir.go).
+	tmp, removeTmp, err := runTempDir(bigFilesDir())
 	if err != nil {
-		return fmt.Errorf("creating a temporary directory: %w", err)
+		return err
 	}
-	defer os.RemoveAll(tmp)
+	defer removeTmp()
 	sys.BigFilesTemporaryDir = tmp
 
-	var display progress.Display = progress.Discard{}
-	if !o.quiet {
-		display = progress.NewPlain(stdio.Stderr)
-	}
+	display := o.display(stdio)
 	start := time.Now()
-	results := pull.Run(c.Context(), images, pull.Options{
-		Store: store, System: sys, Policy: policy, Jobs: o.jobs,
-		Observe: display.Observe, FailFast: o.failFast,
-	})
+	opts.Store, opts.System, opts.Policy, opts.Observe = store, sys, policy, display.Observe
+	results := pull.Run(c.Context(), images, opts)
 	display.Close()
+	logrus.SetOutput(stdio.Stderr) // no bars to print above any more
 
 	failed := 0
 	for _, r := range results {
@@ -149,8 +163,31 @@ func (o *pullOptions) run(c *cobra.Command, args []string, stdio IO) error {
 	return nil
 }
 
+// display picks how progress is shown on standard error: nothing with
+// --quiet; bars when standard error is a terminal, with log lines printed
+// above them; plain lines otherwise (CI, pipes, TERM=dumb).
+func (o *pullOptions) display(stdio IO) progress.Display {
+	if o.quiet {
+		return progress.Discard{}
+	}
+	if f, ok := stdio.Stderr.(*os.File); ok && term.IsTerminal(int(f.Fd())) && os.Getenv("TERM") != "dumb" {
+		if w, h, err := term.GetSize(int(f.Fd())); err == nil && w > 0 && h > 0 {
+			t := progress.NewTerminal(f)
+			logrus.SetOutput(t)
+			return t
+		}
+	}
+	return progress.NewPlain(stdio.Stderr)
+}
+
 // images gathers the references from the arguments and every --file.
 func (o *pullOptions) images(args []string, stdin io.Reader) ([]string, error) {
+	for i, a := range args {
+		if strings.TrimSpace(a) == "" {
+			// Most likely an unset shell variable: say so rather than try to pull "".
+			return nil, usageErrorf("argument %d is an empty image reference", i+1)
+		}
+	}
 	images := append([]string(nil), args...)
 	for _, path := range o.files {
 		var r io.Reader = stdin

@@ -13,6 +13,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
 )
 
 // Exit statuses, as podman uses them.
@@ -44,29 +45,51 @@ type IO struct {
 }
 
 // Execute runs herd with args (without the program name) and returns its
-// exit status. SIGINT and SIGTERM cancel the run; herd then returns 130 or 143.
+// exit status. SIGINT and SIGTERM cancel the run: every pull stops, the
+// run's temporary files are removed, the images already pulled are reported
+// as usual, and herd returns 130 or 143. What was committed stays in the
+// store, so running the same command again resumes. A second signal exits
+// at once; the next run sweeps what that leaves in the temporary directory.
 func Execute(args []string, stdio IO) int {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var got atomic.Value
-	sigs := make(chan os.Signal, 1)
+	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(sigs)
+	finished := make(chan struct{})
+	defer close(finished)
 	go func() {
 		select {
 		case s := <-sigs:
 			got.Store(s)
-			logrus.Warnf("%v: cancelling all pulls", s)
+			logrus.Warnf("%s: cancelling all pulls (again to exit at once)", signalName(s))
 			cancel()
-		case <-ctx.Done():
+		case <-finished:
+			return
+		}
+		select {
+		case s := <-sigs:
+			fmt.Fprintf(stdio.Stderr, "herd: %s again: exiting now\n", signalName(s))
+			os.Exit(exitSignal + int(s.(syscall.Signal)))
+		case <-finished:
 		}
 	}()
 
 	code := ExecuteContext(ctx, args, stdio)
 	if s, ok := got.Load().(os.Signal); ok {
+		fmt.Fprintf(stdio.Stderr, "herd: interrupted by %s; images reported as pulled are complete, and running the same command again resumes the rest, reusing every layer already committed\n", signalName(s))
 		return exitSignal + int(s.(syscall.Signal))
 	}
 	return code
+}
+
+// signalName is "SIGINT" rather than Go's "interrupt".
+func signalName(s os.Signal) string {
+	if n := unix.SignalName(s.(syscall.Signal)); n != "" {
+		return n
+	}
+	return s.String()
 }
 
 // ExecuteContext runs herd until it finishes or ctx is cancelled, and

@@ -38,9 +38,30 @@
 //     a slot for that layer, and containers/image acquired the slots of every
 //     lower layer of the owner's image before it (copyLayers acquires in
 //     layer order), so the owner can finish and commit without a new slot.
-//  5. Every wait is bounded: it ends when the flight ends, when the waiting
-//     pull is cancelled, or when nothing in the whole run has read a byte for
-//     StallTimeout (then the waiter fetches the blob itself).
+//     Invariant 2 alone does not guarantee this: when another process (a
+//     second herd, podman) commits the same layer first, containers/image
+//     reuses that layer by chain ID and never calls PutLayer, so the flight
+//     lasts until its owner is done, and containers/image takes a slot for
+//     the owner's config copy. Waiters therefore also poll the store (5).
+//  5. Every wait is bounded: it ends when the flight ends, when the store
+//     has a layer of the blob (polled every second: another process may
+//     have committed it), when the waiting pull is cancelled, or when
+//     nothing in the whole run has read a byte for StallTimeout (then the
+//     waiter fetches the blob itself).
+//  6. A pull decides about its layers in layer order. containers/image runs
+//     every layer of an image in its own goroutine, so the lookup of layer 2
+//     may come before that of layer 1. If it claimed layer 2 while another
+//     pull owns layer 1, a pull waiting on its layer 1 would wait for the
+//     first, which wants layer 2: a cycle, broken by a duplicate fetch (3).
+//     So when a lookup misses, the layers below it that this pull has not
+//     looked up yet, and that the store does not have, are decided first,
+//     on their behalf: claimed if nobody fetches them, waited for if another
+//     pull does. Their goroutines already hold their slots (copyLayers
+//     acquires in layer order, and a layer keeps its slot until its lookup
+//     and copy are over), so these claims keep invariants 1 and 4. With
+//     shared layers in the same order in every image, as base images give,
+//     no wait then closes a cycle; only images sharing layers in different
+//     orders still cost a duplicate fetch.
 //
 // Waits happen only in LayersByCompressedDigest, the lookup every
 // TryReusingBlobWithOptions makes before any TOC- or DiffID-based lookup,
@@ -110,7 +131,12 @@ func (c *Coordinator) Progressed() {
 }
 
 func (c *Coordinator) stalled() bool {
-	return time.Since(time.Unix(0, c.lastRead.Load())) > c.StallTimeout
+	return c.SinceProgress() > c.StallTimeout
+}
+
+// SinceProgress is how long ago any pull of the run last progressed.
+func (c *Coordinator) SinceProgress() time.Duration {
+	return time.Since(time.Unix(0, c.lastRead.Load()))
 }
 
 // LinkTOC records that a zstd:chunked blob has the given TOC digest, so that
@@ -148,14 +174,47 @@ type Pull struct {
 	// pull commits and whether it was a partial pull.
 	OnCommit func(blob digest.Digest, partial bool)
 
+	// inStore reports whether the shared store has a layer of blob; set by
+	// Store, polled by waits (invariant 5).
+	inStore func(blob digest.Digest) bool
+
+	layers []digest.Digest // the image's layer blobs, lowest first
+
 	mu     sync.Mutex
 	claims map[digest.Digest]*flight
 	waited map[digest.Digest]bool
+	looked map[digest.Digest]bool // layers decided by or for their own lookup (invariant 6)
 }
 
-// NewPull registers one image's pull. ctx cancels its waits.
-func (c *Coordinator) NewPull(ctx context.Context, name string) *Pull {
-	return &Pull{c: c, ctx: ctx, name: name, claims: map[digest.Digest]*flight{}, waited: map[digest.Digest]bool{}}
+// NewPull registers one image's pull. layers are the compressed digests of
+// the image's layer blobs, lowest first, as its manifest lists them; ctx
+// cancels its waits.
+func (c *Coordinator) NewPull(ctx context.Context, name string, layers []digest.Digest) *Pull {
+	return &Pull{
+		c: c, ctx: ctx, name: name, layers: layers,
+		claims: map[digest.Digest]*flight{},
+		waited: map[digest.Digest]bool{},
+		looked: map[digest.Digest]bool{},
+	}
+}
+
+// lookingUp records that the pull's own lookup of blob has started, and
+// returns the layers below blob that no lookup has decided yet, lowest
+// first (invariant 6).
+func (p *Pull) lookingUp(blob digest.Digest) []digest.Digest {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.looked[blob] = true
+	var below []digest.Digest
+	for _, l := range p.layers {
+		if l == blob {
+			return below
+		}
+		if !p.looked[l] {
+			below = append(below, l)
+		}
+	}
+	return nil // not one of the manifest's layers: nothing is known below it
 }
 
 // Waited reports whether this pull obtained blob by waiting for another pull.
@@ -238,17 +297,34 @@ const (
 	claimAgain                 // the owner gave up: look again, then claim
 )
 
-// claimOrWait implements invariants 1, 3 and 5 for one missed lookup.
-func (p *Pull) claimOrWait(blob digest.Digest) decision {
+// claimOrWait implements invariants 1, 3, 5 and 6 for one missed lookup of
+// blob. below are the layers under it that no lookup has decided yet and
+// that the store does not have, lowest first.
+func (p *Pull) claimOrWait(blob digest.Digest, below []digest.Digest) decision {
 	c := p.c
 	c.mu.Lock()
+	for _, b := range below {
+		f := c.flights[b]
+		switch {
+		case f == nil:
+			c.claimLocked(p, b)
+		case f.owner == p || c.reachesLocked(f.owner, p):
+			// Ours already, or waiting would close a cycle: its own lookup
+			// will decide.
+		default:
+			// Another pull fetches a lower layer: let it commit that first,
+			// then decide again from the start (c.mu is released).
+			switch p.wait(b, f) {
+			case "committed", "abandoned":
+				return claimAgain
+			default: // stalled or cancelled: stop waiting, fetch it
+				return fetchIt
+			}
+		}
+	}
 	f := c.flights[blob]
 	if f == nil {
-		f = &flight{owner: p, done: make(chan struct{})}
-		c.flights[blob] = f
-		p.mu.Lock()
-		p.claims[blob] = f
-		p.mu.Unlock()
+		c.claimLocked(p, blob)
 		c.mu.Unlock()
 		return fetchIt
 	}
@@ -256,26 +332,8 @@ func (p *Pull) claimOrWait(blob digest.Digest) decision {
 		c.mu.Unlock()
 		return fetchIt
 	}
-	c.addWaitLocked(p, f.owner, +1)
-	c.mu.Unlock()
-
-	start := time.Now()
-	if p.OnWait != nil {
-		p.OnWait(WaitEvent{Blob: blob, Owner: f.owner.name})
-	}
-	outcome := p.await(f)
-	c.mu.Lock()
-	c.addWaitLocked(p, f.owner, -1)
-	c.mu.Unlock()
-
-	if p.OnWait != nil {
-		p.OnWait(WaitEvent{Blob: blob, Owner: f.owner.name, Outcome: outcome, Waited: time.Since(start)})
-	}
-	switch outcome {
+	switch p.wait(blob, f) {
 	case "committed":
-		p.mu.Lock()
-		p.waited[blob] = true
-		p.mu.Unlock()
 		return lookAgain
 	case "abandoned":
 		return claimAgain
@@ -284,7 +342,43 @@ func (p *Pull) claimOrWait(blob digest.Digest) decision {
 	}
 }
 
-func (p *Pull) await(f *flight) string {
+// claimLocked starts a flight of blob owned by p. c.mu must be held.
+func (c *Coordinator) claimLocked(p *Pull, blob digest.Digest) {
+	f := &flight{owner: p, done: make(chan struct{})}
+	c.flights[blob] = f
+	p.mu.Lock()
+	p.claims[blob] = f
+	p.looked[blob] = true
+	p.mu.Unlock()
+}
+
+// wait waits for f, another pull's flight of blob, and says how the wait
+// ended. It is called with c.mu held, and releases it.
+func (p *Pull) wait(blob digest.Digest, f *flight) string {
+	c := p.c
+	c.addWaitLocked(p, f.owner, +1)
+	c.mu.Unlock()
+
+	start := time.Now()
+	if p.OnWait != nil {
+		p.OnWait(WaitEvent{Blob: blob, Owner: f.owner.name})
+	}
+	outcome := p.await(blob, f)
+	c.mu.Lock()
+	c.addWaitLocked(p, f.owner, -1)
+	c.mu.Unlock()
+	if outcome == "committed" {
+		p.mu.Lock()
+		p.waited[blob] = true
+		p.mu.Unlock()
+	}
+	if p.OnWait != nil {
+		p.OnWait(WaitEvent{Blob: blob, Owner: f.owner.name, Outcome: outcome, Waited: time.Since(start)})
+	}
+	return outcome
+}
+
+func (p *Pull) await(blob digest.Digest, f *flight) string {
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for {
@@ -297,6 +391,9 @@ func (p *Pull) await(f *flight) string {
 		case <-p.ctx.Done():
 			return "cancelled"
 		case <-tick.C:
+			if p.inStore != nil && p.inStore(blob) {
+				return "committed"
+			}
 			if p.c.stalled() {
 				return "stalled"
 			}

@@ -20,7 +20,7 @@ var (
 // waitFor runs claimOrWait in a goroutine and returns its decision channel.
 func waitFor(p *Pull, blob digest.Digest) <-chan decision {
 	out := make(chan decision, 1)
-	go func() { out <- p.claimOrWait(blob) }()
+	go func() { out <- p.claimOrWait(blob, nil) }()
 	return out
 }
 
@@ -43,11 +43,11 @@ func eventually(t *testing.T, what string, cond func() bool) {
 
 func TestFirstMissClaimsOthersWaitUntilCommitted(t *testing.T) {
 	c := NewCoordinator()
-	a, b := c.NewPull(context.Background(), "a"), c.NewPull(context.Background(), "b")
-	if d := a.claimOrWait(blobX); d != fetchIt {
+	a, b := c.NewPull(context.Background(), "a", nil), c.NewPull(context.Background(), "b", nil)
+	if d := a.claimOrWait(blobX, nil); d != fetchIt {
 		t.Fatalf("first miss: %v, want fetchIt (claim)", d)
 	}
-	if d := a.claimOrWait(blobX); d != fetchIt {
+	if d := a.claimOrWait(blobX, nil); d != fetchIt {
 		t.Fatalf("the owner's own second miss: %v, want fetchIt without waiting", d)
 	}
 	got := waitFor(b, blobX)
@@ -63,15 +63,15 @@ func TestFirstMissClaimsOthersWaitUntilCommitted(t *testing.T) {
 
 func TestOwnerGivingUpHandsTheBlobOver(t *testing.T) {
 	c := NewCoordinator()
-	a, b := c.NewPull(context.Background(), "a"), c.NewPull(context.Background(), "b")
-	a.claimOrWait(blobX)
+	a, b := c.NewPull(context.Background(), "a", nil), c.NewPull(context.Background(), "b", nil)
+	a.claimOrWait(blobX, nil)
 	got := waitFor(b, blobX)
 	eventually(t, "b waits", func() bool { return waiting(c, b) })
 	a.Done() // a failed
 	if d := <-got; d != claimAgain {
 		t.Fatalf("after the owner gave up: %v, want claimAgain", d)
 	}
-	if d := b.claimOrWait(blobX); d != fetchIt {
+	if d := b.claimOrWait(blobX, nil); d != fetchIt {
 		t.Fatalf("b claiming after the handover: %v, want fetchIt", d)
 	}
 	c.mu.Lock()
@@ -84,8 +84,8 @@ func TestOwnerGivingUpHandsTheBlobOver(t *testing.T) {
 
 func TestOwnerReusingEndsItsClaim(t *testing.T) {
 	c := NewCoordinator()
-	a, b := c.NewPull(context.Background(), "a"), c.NewPull(context.Background(), "b")
-	a.claimOrWait(blobX)
+	a, b := c.NewPull(context.Background(), "a", nil), c.NewPull(context.Background(), "b", nil)
+	a.claimOrWait(blobX, nil)
 	got := waitFor(b, blobX)
 	eventually(t, "b waits", func() bool { return waiting(c, b) })
 	a.Reused(blobX)
@@ -98,9 +98,9 @@ func TestOwnerReusingEndsItsClaim(t *testing.T) {
 // a cycle, so it is refused and that pull fetches the blob itself.
 func TestWaitThatWouldCloseACycleIsRefused(t *testing.T) {
 	c := NewCoordinator()
-	a, b := c.NewPull(context.Background(), "a"), c.NewPull(context.Background(), "b")
-	a.claimOrWait(blobX)
-	b.claimOrWait(blobY)
+	a, b := c.NewPull(context.Background(), "a", nil), c.NewPull(context.Background(), "b", nil)
+	a.claimOrWait(blobX, nil)
+	b.claimOrWait(blobY, nil)
 	aWaits := waitFor(a, blobY)
 	eventually(t, "a waits for b", func() bool { return waiting(c, a) })
 
@@ -123,15 +123,15 @@ func TestWaitThatWouldCloseACycleIsRefused(t *testing.T) {
 func TestCycleThroughAThirdPullIsRefused(t *testing.T) {
 	c := NewCoordinator()
 	blobZ := digest.FromString("z")
-	a, b, z := c.NewPull(context.Background(), "a"), c.NewPull(context.Background(), "b"), c.NewPull(context.Background(), "z")
-	a.claimOrWait(blobX)
-	b.claimOrWait(blobY)
-	z.claimOrWait(blobZ)
+	a, b, z := c.NewPull(context.Background(), "a", nil), c.NewPull(context.Background(), "b", nil), c.NewPull(context.Background(), "z", nil)
+	a.claimOrWait(blobX, nil)
+	b.claimOrWait(blobY, nil)
+	z.claimOrWait(blobZ, nil)
 	waitFor(a, blobY) // a → b
 	eventually(t, "a waits", func() bool { return waiting(c, a) })
 	waitFor(b, blobZ) // b → z
 	eventually(t, "b waits", func() bool { return waiting(c, b) })
-	if d := z.claimOrWait(blobX); d != fetchIt { // z → a would close a → b → z → a
+	if d := z.claimOrWait(blobX, nil); d != fetchIt { // z → a would close a → b → z → a
 		t.Fatalf("z: %v, want fetchIt", d)
 	}
 	a.Done()
@@ -142,10 +142,10 @@ func TestCycleThroughAThirdPullIsRefused(t *testing.T) {
 func TestWaitsEndWhenTheRunStalls(t *testing.T) {
 	c := NewCoordinator()
 	c.StallTimeout = 100 * time.Millisecond
-	a, b := c.NewPull(context.Background(), "a"), c.NewPull(context.Background(), "b")
-	a.claimOrWait(blobX)
+	a, b := c.NewPull(context.Background(), "a", nil), c.NewPull(context.Background(), "b", nil)
+	a.claimOrWait(blobX, nil)
 	start := time.Now()
-	if d := b.claimOrWait(blobX); d != fetchIt {
+	if d := b.claimOrWait(blobX, nil); d != fetchIt {
 		t.Fatalf("after a stall: %v, want fetchIt", d)
 	}
 	if waited := time.Since(start); waited < c.StallTimeout {
@@ -156,8 +156,8 @@ func TestWaitsEndWhenTheRunStalls(t *testing.T) {
 func TestWaitsEndOnCancellation(t *testing.T) {
 	c := NewCoordinator()
 	ctx, cancel := context.WithCancel(context.Background())
-	a, b := c.NewPull(context.Background(), "a"), c.NewPull(ctx, "b")
-	a.claimOrWait(blobX)
+	a, b := c.NewPull(context.Background(), "a", nil), c.NewPull(ctx, "b", nil)
+	a.claimOrWait(blobX, nil)
 	got := waitFor(b, blobX)
 	eventually(t, "b waits", func() bool { return waiting(c, b) })
 	cancel()
@@ -180,5 +180,64 @@ func TestLinkTOCLinksBothWays(t *testing.T) {
 	c.LinkTOC(toc, blobX)
 	if c.blobForTOC(toc) != blobX || c.tocForBlob(blobX) != toc {
 		t.Fatal("LinkTOC does not link both ways")
+	}
+}
+
+// Invariant 6: a pull whose upper layer is looked up before its lower one
+// decides the lower one first. Here b looks up Y before X: it must claim X
+// as well, so that a, which wants X, waits for b instead of claiming X and
+// later wanting Y from b while b waits for a's X.
+func TestUpperLookupClaimsUnlookedLowerLayers(t *testing.T) {
+	c := NewCoordinator()
+	layers := []digest.Digest{blobX, blobY}
+	a, b := c.NewPull(context.Background(), "a", layers), c.NewPull(context.Background(), "b", layers)
+	if d := b.claimOrWait(blobY, b.lookingUp(blobY)); d != fetchIt {
+		t.Fatalf("b's upper lookup: %v, want fetchIt", d)
+	}
+	c.mu.Lock()
+	fx := c.flights[blobX]
+	c.mu.Unlock()
+	if fx == nil || fx.owner != b {
+		t.Fatal("b's upper lookup did not claim its unlooked lower layer")
+	}
+	if d := b.claimOrWait(blobX, b.lookingUp(blobX)); d != fetchIt {
+		t.Fatalf("b's own lookup of the layer claimed for it: %v, want fetchIt", d)
+	}
+	got := waitFor(a, blobX)
+	eventually(t, "a waits for b's X", func() bool { return waiting(c, a) })
+	c.committed(blobX)
+	if d := <-got; d != lookAgain {
+		t.Fatalf("a after b committed X: %v, want lookAgain", d)
+	}
+}
+
+// The other side of invariant 6: when another pull already fetches the lower
+// layer, the upper lookup waits for it instead of claiming the upper layer,
+// then decides again.
+func TestUpperLookupWaitsForLowerLayerInFlight(t *testing.T) {
+	c := NewCoordinator()
+	layers := []digest.Digest{blobX, blobY}
+	a, b := c.NewPull(context.Background(), "a", layers), c.NewPull(context.Background(), "b", layers)
+	a.claimOrWait(blobX, a.lookingUp(blobX))
+	below := b.lookingUp(blobY)
+	got := make(chan decision, 1)
+	go func() { got <- b.claimOrWait(blobY, below) }()
+	eventually(t, "b waits for a's X", func() bool { return waiting(c, b) })
+	c.mu.Lock()
+	fy := c.flights[blobY]
+	c.mu.Unlock()
+	if fy != nil {
+		t.Fatal("b claimed Y while a fetches X, below it")
+	}
+	c.committed(blobX)
+	if d := <-got; d != claimAgain {
+		t.Fatalf("b after a committed X: %v, want claimAgain (decide again)", d)
+	}
+	if !b.Waited(blobX) {
+		t.Error("b does not report that it obtained X by waiting")
+	}
+	// X is in the store now, so the Store passes no layers below Y.
+	if d := b.claimOrWait(blobY, nil); d != fetchIt {
+		t.Fatalf("b deciding Y again: %v, want fetchIt (claim)", d)
 	}
 }

@@ -20,12 +20,15 @@ type Store struct {
 
 // Store returns the decorator to hand to containers/image for this pull.
 func (p *Pull) Store(shared storage.Store) *Store {
-	return &Store{Store: shared, pull: p}
+	s := &Store{Store: shared, pull: p}
+	p.inStore = s.has
+	return s
 }
 
 // LayersByCompressedDigest is where a pull that misses a blob another pull
 // is fetching waits for it; see the package comment.
 func (s *Store) LayersByCompressedDigest(d digest.Digest) ([]storage.Layer, error) {
+	below := s.pull.lookingUp(d)
 	for {
 		layers, err := s.Store.LayersByCompressedDigest(d)
 		if len(layers) > 0 || (err != nil && !errors.Is(err, storage.ErrLayerUnknown)) {
@@ -37,7 +40,13 @@ func (s *Store) LayersByCompressedDigest(d digest.Digest) ([]storage.Layer, erro
 			// make other pulls wait for nothing.
 			return layers, err
 		}
-		switch s.pull.claimOrWait(d) {
+		var missing []digest.Digest
+		for _, b := range below {
+			if !s.has(b) {
+				missing = append(missing, b)
+			}
+		}
+		switch s.pull.claimOrWait(d, missing) {
 		case lookAgain:
 			// A partial pull's layer has no compressed digest, so this may
 			// still miss; containers/image then finds it by TOC or DiffID.
@@ -48,6 +57,13 @@ func (s *Store) LayersByCompressedDigest(d digest.Digest) ([]storage.Layer, erro
 			return layers, err
 		}
 	}
+}
+
+// has reports whether the store has a layer made from blob, fully or
+// partially pulled.
+func (s *Store) has(blob digest.Digest) bool {
+	layers, err := s.Store.LayersByCompressedDigest(blob)
+	return (err == nil && len(layers) > 0) || s.hasByTOC(blob)
 }
 
 // hasByTOC reports whether the store has a partially pulled layer of blob.
@@ -61,9 +77,19 @@ func (s *Store) hasByTOC(blob digest.Digest) bool {
 }
 
 // PutLayer commits a fully fetched (or locally copied) layer, and ends the
-// flight of the blob it was made from.
+// flight of the blob it was made from. The layer's tar is checked on the
+// way in (tarcheck.go): an unsafe one is refused and never committed.
 func (s *Store) PutLayer(id, parent string, names []string, mountLabel string, writeable bool, options *storage.LayerOptions, diff io.Reader) (*storage.Layer, int64, error) {
-	layer, size, err := s.Store.PutLayer(id, parent, names, mountLabel, writeable, options, diff)
+	check := newLayerCheck(diff)
+	layer, size, err := s.Store.PutLayer(id, parent, names, mountLabel, writeable, options, check)
+	if unsafe := check.result(); unsafe != nil {
+		if err == nil && layer != nil {
+			// Not reached while containers/storage reads a layer to its end
+			// before committing it; if it ever stops doing so, undo.
+			_ = s.Store.DeleteLayer(layer.ID)
+		}
+		return nil, -1, unsafe
+	}
 	if err == nil && layer != nil && layer.CompressedDigest != "" {
 		s.pull.c.committed(layer.CompressedDigest)
 		if s.pull.OnCommit != nil {

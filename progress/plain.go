@@ -1,5 +1,6 @@
-// Package progress shows what a run is doing: plain lines for logs and CI,
-// and reports. It is fed by pull.Events, never by parsing text.
+// Package progress shows what a run is doing, fed by pull.Events (never by
+// parsing text): bars on a terminal (Terminal), plain lines for logs and CI
+// (Plain), and the machine-readable summary (Summary).
 package progress
 
 import (
@@ -7,6 +8,7 @@ import (
 	"io"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/docker/go-units"
 
@@ -15,6 +17,8 @@ import (
 
 // Display consumes a run's events.
 type Display interface {
+	// Observe is a pull.Observer: called from many goroutines, and pulls
+	// wait while it runs, so it must not block for long.
 	Observe(pull.Event)
 	// Close is called once after the run, to flush and draw the final state.
 	Close()
@@ -26,20 +30,26 @@ type Discard struct{}
 func (Discard) Observe(pull.Event) {}
 func (Discard) Close()             {}
 
-// Plain writes one line per event that matters, each naming its image, with
-// no escape codes: for CI logs and pipes.
+// Plain writes one line per event that matters, each starting with the
+// name of its image as the user gave it, with no escape codes: for CI logs
+// and pipes. The last line, written by Close, is the run's total and
+// starts with "total:". Bytes read are not reported as they arrive: a log
+// needs the outcome of each blob, not its progress.
 type Plain struct {
-	mu     sync.Mutex
-	w      io.Writer
-	names  map[int]string
-	ok     int
-	failed int
-	bytes  int64
+	mu       sync.Mutex
+	w        io.Writer
+	start    time.Time
+	names    map[int]string
+	attempts map[int]int
+	ok       int
+	failed   int
+	fetched  int64
+	reused   int64
 }
 
 // NewPlain returns a Plain display writing to w.
 func NewPlain(w io.Writer) *Plain {
-	return &Plain{w: w, names: map[int]string{}}
+	return &Plain{w: w, start: time.Now(), names: map[int]string{}, attempts: map[int]int{}}
 }
 
 func (p *Plain) Observe(e pull.Event) {
@@ -52,36 +62,49 @@ func (p *Plain) Observe(e pull.Event) {
 	switch e.Kind {
 	case pull.EventResolved:
 		r := e.Result
-		fmt.Fprintf(p.w, "%s: resolved to %s@%s, %d layers\n", name, r.Reference, r.Digest, len(r.Layers))
+		platform := ""
+		if r.Platform != "" {
+			platform = " for " + r.Platform
+		}
+		layers := "layers"
+		if len(r.Layers) == 1 {
+			layers = "layer"
+		}
+		fmt.Fprintf(p.w, "%s: resolved to %s@%s%s, %d %s: pulling\n", name, r.Reference, r.Digest, platform, len(r.Layers), layers)
 	case pull.EventLayerWaiting:
 		fmt.Fprintf(p.w, "%s: blob %s: waiting for %s, which is fetching it\n", name, short(e.Blob), e.Owner)
 	case pull.EventLayerDone:
 		switch e.How {
 		case pull.Fetched:
-			fmt.Fprintf(p.w, "%s: blob %s: fetched %s\n", name, short(e.Blob), units.HumanSize(float64(e.Bytes)))
+			fmt.Fprintf(p.w, "%s: blob %s: fetched %s of %s\n", name, short(e.Blob), size(e.Bytes), size(e.Size))
 		case pull.Waited:
 			fmt.Fprintf(p.w, "%s: blob %s: reused after another pull fetched it\n", name, short(e.Blob))
 		default:
 			fmt.Fprintf(p.w, "%s: blob %s: %s\n", name, short(e.Blob), e.How)
 		}
+	case pull.EventRetrying:
+		p.attempts[e.Image]++
+		fmt.Fprintf(p.w, "%s: retrying (attempt %d) after: %v\n", name, p.attempts[e.Image]+1, e.Err)
 	case pull.EventImageDone:
 		r := e.Result
+		p.fetched += r.Fetched
 		if r.Failed() {
 			p.failed++
 			fmt.Fprintf(p.w, "%s: failed: %v\n", name, r.Err)
 			return
 		}
 		p.ok++
-		p.bytes += r.Fetched
+		p.reused += reusedBytes(r)
 		fmt.Fprintf(p.w, "%s: pulled %s (%s) in %s: %s\n", name, shortID(r.ImageID), strings.Join(r.Names, ", "),
-			r.Duration.Round(1e6), layerSummary(r))
+			r.Duration.Round(time.Millisecond), layerSummary(r))
 	}
 }
 
 func (p *Plain) Close() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	fmt.Fprintf(p.w, "%d pulled, %d failed, %s fetched\n", p.ok, p.failed, units.HumanSize(float64(p.bytes)))
+	fmt.Fprintf(p.w, "total: %d pulled, %d failed, %s fetched, %s reused in %s\n", p.ok, p.failed,
+		size(p.fetched), size(p.reused), time.Since(p.start).Round(time.Millisecond))
 }
 
 // layerSummary counts layers by how they were obtained.
@@ -96,9 +119,16 @@ func layerSummary(r *pull.Result) string {
 			parts = append(parts, fmt.Sprintf("%d %s", counts[how], how))
 		}
 	}
-	return fmt.Sprintf("%s; %s fetched", strings.Join(parts, ", "), units.HumanSize(float64(r.Fetched)))
+	if len(parts) == 0 {
+		parts = append(parts, "no layers")
+	}
+	return fmt.Sprintf("%s; %s fetched", strings.Join(parts, ", "), size(r.Fetched))
 }
 
+// size formats a byte count the way podman and docker do.
+func size(n int64) string { return units.HumanSize(float64(n)) }
+
+// short is the first 12 hex digits of a digest, as podman shows blobs.
 func short(d fmt.Stringer) string {
 	s := d.String()
 	if i := strings.IndexByte(s, ':'); i >= 0 && len(s) > i+13 {

@@ -5,30 +5,46 @@ import (
 	"io"
 	"time"
 
+	digest "github.com/opencontainers/go-digest"
+
 	"github.com/herd-project/herd/pull"
 )
 
-// Summary is the machine-readable account of a run (herd pull --format json).
-// Its fields are documented in README.md; keep the two in step.
+// Summary is the machine-readable account of a run (herd pull --format
+// json). Every field is documented in README.md ("The JSON summary"); keep
+// the two in step. Byte counts are blob body bytes read from the registry,
+// as the registry counts them; manifests are not counted.
 type Summary struct {
 	Images []ImageSummary `json:"images"`
 	Totals Totals         `json:"totals"`
 }
 
-// ImageSummary is one image of the run.
+// ImageSummary is one image of the run: one distinct manifest, whichever
+// and however many inputs named it.
 type ImageSummary struct {
-	Inputs          []string     `json:"inputs"`
-	Reference       string       `json:"reference,omitempty"`
-	Names           []string     `json:"names,omitempty"`
-	Digest          string       `json:"digest,omitempty"`
-	InstanceDigest  string       `json:"instanceDigest,omitempty"`
-	Platform        string       `json:"platform,omitempty"`
-	ImageID         string       `json:"imageID,omitempty"`
-	Layers          []pull.Layer `json:"layers"`
-	Fetched         int64        `json:"fetchedBytes"`
-	Reused          int64        `json:"reusedBytes"`
-	DurationSeconds float64      `json:"durationSeconds"`
-	Error           string       `json:"error,omitempty"`
+	Inputs          []string       `json:"inputs"`
+	Reference       string         `json:"reference,omitempty"`
+	Names           []string       `json:"names,omitempty"`
+	Digest          string         `json:"digest,omitempty"`
+	InstanceDigest  string         `json:"instanceDigest,omitempty"`
+	Platform        string         `json:"platform,omitempty"`
+	ImageID         string         `json:"imageID,omitempty"`
+	Layers          []LayerSummary `json:"layers"`
+	Fetched         int64          `json:"fetchedBytes"`
+	Reused          int64          `json:"reusedBytes"`
+	Attempts        int            `json:"attempts"`
+	DurationSeconds float64        `json:"durationSeconds"`
+	Error           string         `json:"error,omitempty"`
+}
+
+// LayerSummary is one layer of one image, bottom to top as in the manifest.
+type LayerSummary struct {
+	Digest digest.Digest `json:"digest"`
+	Size   int64         `json:"size"`
+	// How is pull.Fetched, Partial, Reused or Waited; empty (and left out of
+	// the JSON) when the image failed before obtaining the layer.
+	How     string `json:"how,omitempty"`
+	Fetched int64  `json:"fetchedBytes"`
 }
 
 // Totals add up the run.
@@ -46,17 +62,12 @@ func NewSummary(results []*pull.Result, wall time.Duration) Summary {
 	for _, r := range results {
 		img := ImageSummary{
 			Inputs: r.Inputs, Reference: r.Reference, Names: r.Names,
-			Digest: r.Digest.String(), InstanceDigest: r.InstanceDigest.String(), Platform: r.Platform,
-			ImageID: r.ImageID, Layers: r.Layers, Fetched: r.Fetched,
-			DurationSeconds: r.Duration.Seconds(),
-		}
-		if img.Layers == nil {
-			img.Layers = []pull.Layer{}
+			Digest: string(r.Digest), InstanceDigest: string(r.InstanceDigest), Platform: r.Platform,
+			ImageID: r.ImageID, Layers: []LayerSummary{}, Fetched: r.Fetched, Reused: reusedBytes(r),
+			Attempts: r.Attempts, DurationSeconds: r.Duration.Seconds(),
 		}
 		for _, l := range r.Layers {
-			if l.How != "" && l.Size > l.Fetched {
-				img.Reused += l.Size - l.Fetched
-			}
+			img.Layers = append(img.Layers, LayerSummary{Digest: l.Digest, Size: l.Size, How: l.How, Fetched: l.Fetched})
 		}
 		if r.Err != nil {
 			img.Error = r.Err.Error()
@@ -69,6 +80,19 @@ func NewSummary(results []*pull.Result, wall time.Duration) Summary {
 		s.Images = append(s.Images, img)
 	}
 	return s
+}
+
+// reusedBytes is how many bytes of r's layers did not have to come from the
+// registry: whole layers reused or waited for, and for a partial pull the
+// part of the layer the store already had. Layers not obtained count nothing.
+func reusedBytes(r *pull.Result) int64 {
+	var n int64
+	for _, l := range r.Layers {
+		if l.How != "" && l.Size > l.Fetched {
+			n += l.Size - l.Fetched
+		}
+	}
+	return n
 }
 
 // WriteJSON writes s as one indented JSON document.

@@ -25,6 +25,11 @@ const (
 	EventLayerCommitted
 	// EventImageDone: the image is finished, pulled or failed; Result is final.
 	EventImageDone
+	// EventRetrying: the image's last attempt failed with Err, a transient
+	// error (network, HTTP 5xx or 429, a stalled transfer), and it is pulled
+	// again from the start after a delay; layers it committed are reused.
+	// Blobs it was fetching may be reported again from zero.
+	EventRetrying
 )
 
 // Event is one thing that happened to one image of a run. Events for one
@@ -38,6 +43,7 @@ type Event struct {
 	Bytes  int64
 	How    string
 	Owner  string
+	Err    error // EventRetrying: why the last attempt failed
 	Time   time.Time
 }
 

@@ -38,10 +38,17 @@ type Options struct {
 	Policy *signature.Policy
 	// Jobs is the number of blob copies in flight across all images.
 	Jobs int
-	// StallTimeout bounds how long a pull waits for another pull's blob while
-	// the run makes no progress (commit.DefaultStallTimeout if zero).
+	// StallTimeout is how long herd tolerates no progress: an image whose
+	// transfer receives no byte for that long is abandoned and retried (see
+	// watchdog.go), and a pull waiting for another pull's blob while the whole
+	// run reads nothing fetches it itself. DefaultStallTimeout if zero.
 	StallTimeout time.Duration
-	Observe      Observer
+	// Retries is how many more times an image is pulled after a transient
+	// failure (0: never); RetryDelay the wait before each retry (0:
+	// exponential backoff from 1s, as podman). See retry.go.
+	Retries    int
+	RetryDelay time.Duration
+	Observe    Observer
 	// FailFast cancels the remaining images after the first failure.
 	FailFast bool
 }
@@ -53,6 +60,9 @@ type Options struct {
 func Run(ctx context.Context, inputs []string, opts Options) []*Result {
 	if opts.Jobs < 1 {
 		opts.Jobs = DefaultJobs
+	}
+	if opts.StallTimeout <= 0 {
+		opts.StallTimeout = DefaultStallTimeout
 	}
 	if opts.Observe == nil {
 		opts.Observe = func(Event) {}
@@ -70,9 +80,7 @@ func Run(ctx context.Context, inputs []string, opts Options) []*Result {
 	}
 
 	coord := commit.NewCoordinator()
-	if opts.StallTimeout > 0 {
-		coord.StallTimeout = opts.StallTimeout
-	}
+	coord.StallTimeout = opts.StallTimeout
 	for _, t := range targets {
 		if t == nil {
 			continue
@@ -115,7 +123,7 @@ func resolveAll(ctx context.Context, inputs []string, opts Options) ([]*target, 
 	g.SetLimit(opts.Jobs)
 	for i, in := range inputs {
 		g.Go(func() error {
-			resolved[i], errs[i] = resolve(ctx, opts.System, in)
+			resolved[i], errs[i] = resolveWithRetries(ctx, opts, in)
 			return nil
 		})
 	}
@@ -209,10 +217,15 @@ func (ip *imagePull) pull(ctx context.Context) {
 		ip.layerIdx[l.Digest] = i
 	}
 
-	err := ip.copy(ctx)
+	err := ip.copyWithRetries(ctx) // names the image in its error
 	ip.finishLayers()
+	if err != nil && ctx.Err() != nil {
+		// The run was cancelled (a signal, or --fail-fast): say so rather than
+		// report whatever the cancelled copy.Image happened to return.
+		err = fmt.Errorf("pulling %s: interrupted before it completed (%w)", ip.result.Name(), ctx.Err())
+	}
 	if err != nil {
-		ip.result.Err = fmt.Errorf("pulling %s: %w", ip.result.Name(), err)
+		ip.result.Err = err
 		return
 	}
 	if err := ip.name(); err != nil {
@@ -220,11 +233,17 @@ func (ip *imagePull) pull(ctx context.Context) {
 	}
 }
 
-func (ip *imagePull) copy(ctx context.Context) error {
-	p := ip.coord.NewPull(ctx, ip.result.Name())
+// copy runs one attempt: one copy.Image of the image, watched by wd.
+func (ip *imagePull) copy(ctx context.Context, wd *watchdog) error {
+	blobs := make([]digest.Digest, len(ip.target.layers))
+	for i, l := range ip.target.layers {
+		blobs[i] = l.Digest
+	}
+	p := ip.coord.NewPull(ctx, ip.result.Name(), blobs)
 	ip.p = p
 	defer p.Done()
 	p.OnWait = func(w commit.WaitEvent) {
+		wd.waiting(w.Outcome == "")
 		if w.Outcome == "" {
 			ip.emit(Event{Kind: EventLayerWaiting, Blob: w.Blob, Owner: w.Owner})
 		} else {
@@ -259,6 +278,7 @@ func (ip *imagePull) copy(ctx context.Context) error {
 	go func() {
 		defer close(drained)
 		for pp := range progress {
+			wd.progress(pp)
 			ip.onProgress(pp)
 		}
 	}()

@@ -2,17 +2,29 @@ package pull
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"slices"
 	"strings"
+	"sync"
 
 	"github.com/distribution/reference"
+	"github.com/docker/distribution/registry/api/errcode"
 	digest "github.com/opencontainers/go-digest"
+	"github.com/sirupsen/logrus"
 	"go.podman.io/image/v5/docker"
 	"go.podman.io/image/v5/manifest"
+	"go.podman.io/image/v5/pkg/docker/config"
 	"go.podman.io/image/v5/pkg/shortnames"
+	"go.podman.io/image/v5/pkg/sysregistriesv2"
 	"go.podman.io/image/v5/types"
 	"go.podman.io/storage/pkg/chunked/toc"
+	"golang.org/x/term"
 )
 
 // target is one distinct manifest to pull, and everything known about it
@@ -34,9 +46,12 @@ type target struct {
 // before copy.Image, so that tags naming the same manifest are pulled once
 // and so that the coordinator knows every layer's TOC digest up front.
 func resolve(ctx context.Context, sys *types.SystemContext, input string) (*target, error) {
-	resolved, err := shortnames.Resolve(sys, input)
+	resolved, err := resolveShortName(sys, input)
 	if err != nil {
 		return nil, err
+	}
+	if d := resolved.Description(); d != "" {
+		logrus.Infof("%s: %s", input, d)
 	}
 	var errs []error
 	for i := range resolved.PullCandidates {
@@ -50,9 +65,114 @@ func resolve(ctx context.Context, sys *types.SystemContext, input string) (*targ
 		if errors.Is(err, context.Canceled) {
 			return nil, err
 		}
-		errs = append(errs, err)
+		errs = append(errs, explain(sys, c.Value, err))
 	}
 	return nil, resolved.FormatPullErrors(errs)
+}
+
+// promptMu keeps shortnames.Resolve's terminal prompts (enforcing or
+// permissive mode, an ambiguous short name, herd on a terminal) one at a
+// time: inputs are resolved in parallel. Resolve itself only reads
+// configuration, so serialising it costs nothing.
+var promptMu sync.Mutex
+
+// resolveShortName is shortnames.Resolve, with the error for an ambiguous
+// short name that cannot be asked about (short-name-mode "enforcing", no
+// terminal) saying which registries it could come from and what to do.
+func resolveShortName(sys *types.SystemContext, input string) (*shortnames.Resolved, error) {
+	promptMu.Lock()
+	resolved, err := shortnames.Resolve(sys, input)
+	promptMu.Unlock()
+	if err == nil || !shortnames.IsShortName(input) {
+		return resolved, err
+	}
+	// The same conditions as shortnames.Resolve's for that error.
+	if mode, merr := sysregistriesv2.GetShortNameMode(sys); merr != nil || mode != types.ShortNameModeEnforcing ||
+		(term.IsTerminal(int(os.Stdin.Fd())) && term.IsTerminal(int(os.Stdout.Fd()))) {
+		return nil, err
+	}
+	// "disabled" lists the candidates without asking; if there are several,
+	// ambiguity is what failed.
+	disabled := types.ShortNameModeDisabled
+	var quiet types.SystemContext
+	if sys != nil {
+		quiet = *sys
+	}
+	quiet.ShortNameMode = &disabled
+	all, aerr := shortnames.Resolve(&quiet, input)
+	if aerr != nil || len(all.PullCandidates) < 2 {
+		return nil, err
+	}
+	var names []string
+	for _, c := range all.PullCandidates {
+		names = append(names, c.Value.String())
+	}
+	return nil, fmt.Errorf("short name %q is ambiguous: it could be %s (unqualified-search-registries in %s); short-name-mode is enforcing and herd can only ask which on a terminal, so give a fully qualified name or add an alias to registries.conf: %w",
+		input, strings.Join(names, " or "), sysregistriesv2.ConfigurationSourceDescription(sys), err)
+}
+
+// explain puts in front of containers/image's error for a registry that
+// refused herd, or whose certificate herd cannot verify, what the user can
+// change. containers/image says what happened but not which flag or file
+// would fix it, and cannot tell missing credentials from refused ones.
+func explain(sys *types.SystemContext, named reference.Named, err error) error {
+	host := reference.Domain(named)
+	switch {
+	case isAuthError(err):
+		// Only whether there are credentials is told, never what they are.
+		creds, cerr := config.GetCredentialsForRef(sys, named)
+		if cerr == nil && creds != (types.DockerAuthConfig{}) {
+			return fmt.Errorf("registry %s refused the credentials herd has for it (from --creds, --authfile, $REGISTRY_AUTH_FILE, auth.json or a credential helper): check them: %w", host, err)
+		}
+		return fmt.Errorf("registry %s requires credentials and herd has none for it: give --creds USER:PASSWORD or --authfile, set $REGISTRY_AUTH_FILE, or log in with podman login: %w", host, err)
+	case isCertError(err):
+		return fmt.Errorf("the TLS certificate of registry %s cannot be verified: put its CA certificate in /etc/containers/certs.d/%s/ca.crt (or in a directory given with --cert-dir), or use --tls-verify=false for a registry you trust: %w", host, host, err)
+	case strings.Contains(err.Error(), "server gave HTTP response to HTTPS client"): // net/http's unexported error
+		return fmt.Errorf("registry %s answers plain HTTP, not HTTPS: if that is intended, set insecure = true for it in registries.conf, or use --tls-verify=false: %w", host, err)
+	case wantsClientCert(err):
+		return fmt.Errorf("registry %s wants a client certificate that it trusts: put it in /etc/containers/certs.d/%s/client.cert and its key in client.key (or in a directory given with --cert-dir): %w", host, host, err)
+	}
+	return err
+}
+
+// wantsClientCert reports whether the registry ended the TLS handshake
+// because herd sent no client certificate, or one it does not trust.
+// crypto/tls reports an alert from the server as a net.OpError "remote
+// error" around its unexported alert type, so the alert's text is all there
+// is to go by: "tls: bad certificate", "tls: unknown certificate authority",
+// "tls: certificate required".
+func wantsClientCert(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "remote error" && strings.Contains(op.Err.Error(), "certificate")
+}
+
+// isAuthError reports whether a registry answered 401 or 403: as an
+// ErrUnauthorizedForCredentials (token auth), as a distribution error code
+// (manifest and blob requests), or as a bare status.
+func isAuthError(err error) bool {
+	if errors.As(err, new(docker.ErrUnauthorizedForCredentials)) {
+		return true
+	}
+	var e errcode.Error
+	var code errcode.ErrorCode
+	if errors.As(err, &e) {
+		code = e.Code
+	} else {
+		errors.As(err, &code)
+	}
+	if code == errcode.ErrorCodeUnauthorized || code == errcode.ErrorCodeDenied {
+		return true
+	}
+	var status docker.UnexpectedHTTPStatusError
+	return errors.As(err, &status) && (status.StatusCode == http.StatusUnauthorized || status.StatusCode == http.StatusForbidden)
+}
+
+// isCertError reports whether the registry's certificate failed verification.
+func isCertError(err error) bool {
+	return errors.As(err, new(*tls.CertificateVerificationError)) ||
+		errors.As(err, new(x509.UnknownAuthorityError)) ||
+		errors.As(err, new(x509.HostnameError)) ||
+		errors.As(err, new(x509.CertificateInvalidError))
 }
 
 // inspect reads the manifest named (and, for a list, the instance chosen
@@ -94,6 +214,12 @@ func inspect(ctx context.Context, sys *types.SystemContext, named reference.Name
 	}
 	m, err := manifest.FromBlob(blob, manifest.NormalizedMIMEType(mimeType))
 	if err != nil {
+		if !slices.Contains(manifest.DefaultRequestedManifestMIMETypes, mimeType) {
+			// containers/image takes any type it does not know for Docker
+			// schema 1 (some CDNs serve manifests as text/plain), so its
+			// error would be about schema 1; say what the registry sent.
+			return nil, fmt.Errorf("the registry serves the manifest of %s as %q, which is not a manifest type herd can pull (image manifests and indexes of OCI and Docker schema 2, Docker schema 1): %w", named, mimeType, err)
+		}
 		return nil, fmt.Errorf("parsing manifest of %s: %w", named, err)
 	}
 	for _, l := range m.LayerInfos() {

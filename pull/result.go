@@ -42,7 +42,10 @@ type Result struct {
 	// the config included.
 	Fetched  int64         `json:"fetched"`
 	Duration time.Duration `json:"duration"`
-	Err      error         `json:"-"`
+	// Attempts is how many times the image's copy was started: 1, plus one
+	// per retry after a transient failure (0 if it was never started).
+	Attempts int   `json:"attempts"`
+	Err      error `json:"-"`
 }
 
 // Failed reports whether the image was not pulled.

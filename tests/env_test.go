@@ -57,6 +57,10 @@ type env struct {
 	driver  string
 	policy  string
 	regconf string
+	// omit names flags among --signature-policy, --registries-conf and
+	// --tls-verify that e.herd must leave out, for tests of herd's defaults
+	// (environment variables, default files, certificate checks).
+	omit map[string]bool
 }
 
 func newEnv(t testing.TB, opts testregistry.Options) *env {
@@ -165,15 +169,50 @@ func (e *env) herdContext(ctx context.Context, stdin io.Reader, args ...string) 
 	e.t.Helper()
 	herdMu.Lock()
 	defer herdMu.Unlock()
-	var stdout, stderr bytes.Buffer
+	var stdout, stderr syncBuffer
 	full := append([]string{"pull"}, e.storeArgs()...)
-	full = append(full, "--signature-policy", e.policy, "--registries-conf", e.regconf, "--tls-verify=false")
+	full = append(full, e.defaultFlags()...)
 	full = append(full, args...)
 	if stdin == nil {
 		stdin = strings.NewReader("")
 	}
 	code := cmd.ExecuteContext(ctx, full, cmd.IO{Stdin: stdin, Stdout: &stdout, Stderr: &stderr})
 	return run{stdout.String(), stderr.String(), code}
+}
+
+// syncBuffer is a bytes.Buffer that herd's display and logrus (retry
+// warnings) may write to at once, as they may to an *os.File.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// defaultFlags are the flags every e.herd run gets unless e.omit names
+// them: the env's permissive policy, its empty registries.conf, plain HTTP.
+func (e *env) defaultFlags() []string {
+	var out []string
+	if !e.omit["--signature-policy"] {
+		out = append(out, "--signature-policy", e.policy)
+	}
+	if !e.omit["--registries-conf"] {
+		out = append(out, "--registries-conf", e.regconf)
+	}
+	if !e.omit["--tls-verify"] {
+		out = append(out, "--tls-verify=false")
+	}
+	return out
 }
 
 func (e *env) storeArgs() []string {

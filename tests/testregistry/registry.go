@@ -21,7 +21,8 @@ import (
 
 	"github.com/distribution/distribution/v3/configuration"
 	"github.com/distribution/distribution/v3/registry/handlers"
-	_ "github.com/distribution/distribution/v3/registry/storage/driver/inmemory" // registers the "inmemory" storage driver
+	_ "github.com/distribution/distribution/v3/registry/storage/driver/filesystem" // registers the "filesystem" storage driver
+	_ "github.com/distribution/distribution/v3/registry/storage/driver/inmemory"   // registers the "inmemory" storage driver
 	digest "github.com/opencontainers/go-digest"
 )
 
@@ -36,6 +37,17 @@ type Options struct {
 	// global logger while any quiet registry is running; other logrus users
 	// (containers/image) are unaffected. StartT sets it by default.
 	Quiet bool
+	// Users, if set, makes the registry require HTTP basic auth for every
+	// request (name → password), through distribution's htpasswd auth.
+	Users map[string]string
+	// TLS serves HTTPS with a certificate from the registry's own test CA
+	// (Registry.Certs) instead of plain HTTP.
+	TLS bool
+	// RootDirectory, if set, keeps the registry's content in that directory
+	// (distribution's filesystem driver) instead of in memory, so a later
+	// registry started on the same directory serves the same images without
+	// pushing them again (the benchmark caches its image sets this way).
+	RootDirectory string
 }
 
 // BlobHook is called for every blob GET before the registry serves it. If it
@@ -47,7 +59,12 @@ type BlobHook func(w http.ResponseWriter, req *http.Request, d digest.Digest) (h
 // Registry is a running test registry.
 type Registry struct {
 	Host string // "127.0.0.1:PORT", for image references
-	URL  string // "http://127.0.0.1:PORT"
+	URL  string // "http://127.0.0.1:PORT" ("https://..." with Options.TLS)
+	// Certs is the test CA and a client certificate, with Options.TLS.
+	Certs *Certs
+
+	requireClientCert atomic.Bool
+	cleanup           []func()
 
 	server  *httptest.Server
 	cancel  context.CancelFunc
@@ -61,7 +78,7 @@ type Registry struct {
 	total int64
 }
 
-// Start starts a registry with in-memory storage on a random 127.0.0.1 port
+// Start starts a registry with in-memory storage (or Options.RootDirectory) on a random 127.0.0.1 port
 // (plain HTTP). ctx only supplies values: cancelling it does not stop the
 // registry, Close does.
 func Start(ctx context.Context, opts Options) (r *Registry, err error) {
@@ -81,8 +98,25 @@ func Start(ctx context.Context, opts Options) (r *Registry, err error) {
 			"uploadpurging": map[any]any{"enabled": false},
 		},
 	}
+	if opts.RootDirectory != "" {
+		delete(cfg.Storage, "inmemory")
+		cfg.Storage["filesystem"] = configuration.Parameters{"rootdirectory": opts.RootDirectory}
+	}
 	// Without a secret the registry warns and generates one.
 	cfg.HTTP.Secret = hex.EncodeToString(secret)
+	var cleanup []func()
+	if len(opts.Users) > 0 {
+		done, aerr := configureAuth(cfg, opts.Users)
+		if aerr != nil {
+			return nil, aerr
+		}
+		cleanup = append(cleanup, done)
+		defer func() {
+			if err != nil {
+				done()
+			}
+		}()
+	}
 
 	if opts.Quiet {
 		quietRegistryLogs()
@@ -105,13 +139,22 @@ func Start(ctx context.Context, opts Options) (r *Registry, err error) {
 		quiet:  opts.Quiet,
 		bytes:  map[digest.Digest]int64{},
 		gets:   map[digest.Digest]int{},
+
+		cleanup: cleanup,
 	}
 	if opts.BandwidthLimit > 0 {
 		r.limiter = newLimiter(opts.BandwidthLimit)
 	}
 	// Unstarted, so that TLS could be configured before StartTLS if needed.
 	r.server = httptest.NewUnstartedServer(r.middleware(app))
-	r.server.Start()
+	if opts.TLS {
+		if err := r.startTLS(); err != nil {
+			cancel()
+			return nil, err
+		}
+	} else {
+		r.server.Start()
+	}
 	r.URL = r.server.URL
 	r.Host = r.server.Listener.Addr().String()
 	return r, nil
@@ -132,6 +175,10 @@ func (r *Registry) Close() {
 	r.server.CloseClientConnections()
 	r.server.Close()
 	r.cancel()
+	for _, f := range r.cleanup {
+		f()
+	}
+	r.cleanup = nil
 	if r.quiet {
 		unquietRegistryLogs()
 		r.quiet = false

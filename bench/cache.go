@@ -1,0 +1,144 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+
+	digest "github.com/opencontainers/go-digest"
+
+	"github.com/herd-project/herd/tests/testimage"
+	"github.com/herd-project/herd/tests/testregistry"
+)
+
+// cacheVersion changes whenever the generated content or set shapes do, so
+// an old cache is never mistaken for the current sets.
+const cacheVersion = 1
+
+// cachedImage is one pullable reference of a set, as pushed.
+type cachedImage struct {
+	Ref    string       `json:"ref"` // "set/compression/repo:tag", without the registry host
+	Layers []cachedBlob `json:"layers"`
+}
+
+type cachedBlob struct {
+	Digest digest.Digest `json:"digest"`
+	Size   int64         `json:"size"`
+}
+
+// imageCache is a registry directory holding every set pushed so far, in
+// each compression, plus an index of what it holds. Generating and
+// compressing the layers is the slow part of a benchmark (minutes for the
+// full sets); starting a registry on the directory is instant, so every
+// network setting gets its own registry over the same content.
+type imageCache struct {
+	dir   string // registry/ and sets.json
+	sets  map[string][]cachedImage
+	scale scale
+}
+
+func openCache(dir string, sc scale, name string) (*imageCache, error) {
+	c := &imageCache{dir: filepath.Join(dir, fmt.Sprintf("%s-v%d", name, cacheVersion)), sets: map[string][]cachedImage{}, scale: sc}
+	if err := os.MkdirAll(c.registryDir(), 0o755); err != nil {
+		return nil, fmt.Errorf("creating the image cache: %w", err)
+	}
+	b, err := os.ReadFile(c.indexPath())
+	if errors.Is(err, fs.ErrNotExist) {
+		return c, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	if err := json.Unmarshal(b, &c.sets); err != nil {
+		return nil, fmt.Errorf("reading the image cache index %s (delete the directory to rebuild it): %w", c.indexPath(), err)
+	}
+	return c, nil
+}
+
+func (c *imageCache) registryDir() string { return filepath.Join(c.dir, "registry") }
+func (c *imageCache) indexPath() string   { return filepath.Join(c.dir, "sets.json") }
+
+func setKey(set, compression string) string { return set + "/" + compression }
+
+// ensure pushes every (set, compression) the cache does not hold yet.
+func (c *imageCache) ensure(ctx context.Context, sets, compressions []string, logf func(string, ...any)) error {
+	var missing [][2]string
+	for _, s := range sets {
+		for _, comp := range compressions {
+			if _, ok := c.sets[setKey(s, comp)]; !ok {
+				missing = append(missing, [2]string{s, comp})
+			}
+		}
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	reg, err := testregistry.Start(ctx, testregistry.Options{RootDirectory: c.registryDir(), Quiet: true})
+	if err != nil {
+		return err
+	}
+	defer reg.Close()
+	work, err := os.MkdirTemp(c.dir, "push-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(work)
+	pusher := testimage.NewPusher(reg.Host, work)
+	gen := newGenerator(c.scale)
+	for _, m := range missing {
+		set, comp := m[0], m[1]
+		logf("generating and pushing %s in %s into the image cache %s", set, comp, c.dir)
+		specs, err := gen.set(set)
+		if err != nil {
+			return err
+		}
+		var images []cachedImage
+		for _, spec := range specs {
+			for _, tag := range spec.tags {
+				path := fmt.Sprintf("%s/%s/%s:%s", set, strings.ReplaceAll(comp, ":", "-"), spec.repo, tag)
+				p, err := pusher.Push(ctx, path, testimage.Image{Layers: spec.layers}, comp)
+				if err != nil {
+					return err
+				}
+				img := cachedImage{Ref: path}
+				for _, l := range p.Layers {
+					img.Layers = append(img.Layers, cachedBlob{Digest: l.Digest, Size: l.Size})
+				}
+				images = append(images, img)
+			}
+		}
+		c.sets[setKey(set, comp)] = images
+		// Saved after each set, so an interrupted build keeps what it pushed.
+		b, err := json.MarshalIndent(c.sets, "", "  ")
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(c.indexPath()+".tmp", b, 0o644); err != nil {
+			return err
+		}
+		if err := os.Rename(c.indexPath()+".tmp", c.indexPath()); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// uniqueLayers returns each distinct layer blob of images once.
+func uniqueLayers(images []cachedImage) []cachedBlob {
+	seen := map[digest.Digest]bool{}
+	var out []cachedBlob
+	for _, img := range images {
+		for _, l := range img.Layers {
+			if !seen[l.Digest] {
+				seen[l.Digest] = true
+				out = append(out, l)
+			}
+		}
+	}
+	return out
+}

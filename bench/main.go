@@ -1,0 +1,427 @@
+// Command bench measures herd against what users would otherwise run, side
+// by side in one run, on the same images, through the same local registry:
+// the plain copy.Image-per-image baseline (bench/cmd/plaincopy) at the same
+// -j, and Debian's podman (one `podman pull` with every image, and one
+// podman process per image in parallel) when it is installed. Each
+// contender is a separate process on a fresh store, so its CPU time and peak
+// RSS are its own. It prints a Markdown table of medians and writes it,
+// the raw runs and one PNG plot per image set to -out.
+//
+// Run it with `make bench`; see README.md ("Benchmark") and -help.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+
+	"go.podman.io/storage"
+	"go.podman.io/storage/pkg/reexec"
+	storagetypes "go.podman.io/storage/types"
+
+	"github.com/herd-project/herd/tests/testregistry"
+)
+
+func main() {
+	// The bench opens stores to check them; containers/storage may re-execute it.
+	if reexec.Init() {
+		return
+	}
+	cfg, err := parseFlags(os.Args[1:], os.Stderr)
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(0)
+		}
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(2)
+	}
+	if err := run(context.Background(), cfg, os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+// config is everything a benchmark run needs.
+type config struct {
+	plan         []scenario
+	sets         []string // the plan's sets, in table order
+	compressions []string
+	refJobs      int // the -j podman rows are compared with
+	runs         int
+	contenders   map[string]bool // herd, plaincopy, podman
+	quick        bool
+	scale        scale
+
+	herd, plaincopy program
+	launcher        program // starts contenders and reads their rusage (package bench/launcher)
+	podman          string  // "" when not run; podmanNote says why
+	podmanNote      string
+
+	cacheDir, out string
+	from          string // a results.json to print instead of running
+	work          string // per-benchmark scratch: stores, policy, confs
+	driver        string
+	policy        string
+	storageConf   string
+	logf          func(string, ...any)
+}
+
+func parseFlags(args []string, stderr io.Writer) (*config, error) {
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	sets := fs.String("sets", strings.Join(setNames, ","), "image sets to pull: fleet, fleet16, same, similar (see README)")
+	comps := fs.String("compression", "gzip,zstd:chunked", "layer compressions to test: gzip, zstd, zstd:chunked")
+	jobs := fs.String("j", "2,4,8", "comma-separated -j values for herd and the plain copy.Image baseline")
+	refJobs := fs.Int("ref-j", 4, "the -j of herd that podman's rows are compared with")
+	limits := fs.String("limits", "0,100,20", "comma-separated bandwidth limits in MiB/s, shared by all connections; 0 is unthrottled")
+	runs := fs.Int("runs", 3, "runs per contender and setting; the table shows medians")
+	contenders := fs.String("contenders", "herd,plaincopy,podman", "which contenders to run: herd, plaincopy, podman")
+	quick := fs.Bool("quick", false, "tiny images and a small matrix (one -j, one run, unthrottled): a smoke run in about a minute")
+	herd := fs.String("herd", "bin/herd", "the herd binary")
+	plaincopy := fs.String("plaincopy", "bin/bench-plaincopy", "the baseline program (built from ./bench/cmd/plaincopy)")
+	launch := fs.String("launcher", "bin/bench-launcher", "the program that starts contenders and reads their rusage (built from ./bench/cmd/launcher)")
+	podman := fs.String("podman", "podman", "the podman binary; empty to skip podman")
+	cacheDir := fs.String("cache", defaultCacheDir(), "where generated image sets are kept between runs")
+	out := fs.String("out", "bin/bench", "directory for results.md, results.json and the plots")
+	from := fs.String("from", "", "print the report of a previous run's results.json (and write its plots to -out) instead of running")
+	work := fs.String("work", "", "directory for the stores being pulled into (default $TMPDIR or /var/tmp); needs space for a few stores")
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: bench [flags]\n\nPulls image sets with herd and its peers on fresh stores and prints a table of medians.\n\n"+
+			"Without -sets, -j or -limits it runs the standard plan (each in every -compression, with every contender):\n%s\n"+
+			"Given any of them, it runs every combination of -sets, -j and -limits (the defaults below for those not given).\n\n", describePlan(standardPlan))
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	if *quick && !given["runs"] {
+		*runs = 1
+	}
+
+	cfg := &config{quick: *quick, refJobs: *refJobs, runs: *runs, cacheDir: *cacheDir, out: *out, work: *work,
+		herd: program{path: *herd}, plaincopy: program{path: *plaincopy}, launcher: program{path: *launch}, podman: *podman,
+		contenders: map[string]bool{}, scale: fullScale, logf: func(f string, a ...any) { fmt.Fprintf(stderr, f+"\n", a...) }}
+	if *quick {
+		cfg.scale = quickScale
+	}
+	switch {
+	case given["sets"] || given["j"] || given["limits"]:
+		plan, err := crossPlan(*sets, *jobs, *limits)
+		if err != nil {
+			return nil, err
+		}
+		cfg.plan = plan
+	case *quick:
+		cfg.plan = quickPlan
+	default:
+		cfg.plan = standardPlan
+	}
+	for _, sc := range cfg.plan {
+		if !slices.Contains(cfg.sets, sc.set) {
+			cfg.sets = append(cfg.sets, sc.set)
+		}
+	}
+	cfg.compressions = splitList(*comps)
+	for _, c := range cfg.compressions {
+		if c != "gzip" && c != "zstd" && c != "zstd:chunked" {
+			return nil, fmt.Errorf("-compression %q: want gzip, zstd or zstd:chunked", c)
+		}
+	}
+	for _, c := range splitList(*contenders) {
+		if c != "herd" && c != "plaincopy" && c != "podman" {
+			return nil, fmt.Errorf("-contenders %q: want herd, plaincopy or podman", c)
+		}
+		cfg.contenders[c] = true
+	}
+	cfg.from = *from
+	if cfg.runs < 1 || len(cfg.plan) == 0 || len(cfg.compressions) == 0 {
+		return nil, errors.New("need at least one run, set, compression, -j and limit")
+	}
+	return cfg, nil
+}
+
+// scenario is one image set behind one link, pulled at some -j values.
+type scenario struct {
+	set   string
+	limit int64 // bytes per second across all connections; 0 = unthrottled
+	jobs  []int
+}
+
+// standardPlan is what `make bench` runs: every target of the project at
+// least once. With 3 runs it takes about 50 minutes on 2 shared cores (plus
+// ~5 to build the image cache the first time): plaincopy and podman fetch
+// and decompress up to 3-10x the set's bytes, and every row is 3 runs. The -j sweep (the plot) is on
+// the fleet; the slow 20 MiB/s link, the 16-image fleet (herd's peak RSS
+// target), the one-image-many-tags and the similar-images cases run at -j 4.
+var standardPlan = []scenario{
+	{set: "fleet", limit: 0, jobs: []int{2, 4, 8}},
+	{set: "fleet", limit: 100 * mib, jobs: []int{2, 4, 8}},
+	{set: "fleet", limit: 20 * mib, jobs: []int{4}},
+	{set: "fleet16", limit: 100 * mib, jobs: []int{4}},
+	{set: "same", limit: 100 * mib, jobs: []int{4}},
+	{set: "similar", limit: 100 * mib, jobs: []int{4}},
+}
+
+// quickPlan is -quick's (tiny images): every set, unthrottled, -j 4.
+var quickPlan = []scenario{
+	{set: "fleet", jobs: []int{4}},
+	{set: "same", jobs: []int{4}},
+	{set: "similar", jobs: []int{4}},
+}
+
+func describePlan(plan []scenario) string {
+	var b strings.Builder
+	for _, sc := range plan {
+		fmt.Fprintf(&b, "  %-8s %-12s -j %s\n", sc.set, limitName(sc.limit), strings.Trim(strings.Join(strings.Fields(fmt.Sprint(sc.jobs)), ","), "[]"))
+	}
+	return b.String()
+}
+
+// crossPlan is every combination of the listed sets, -j values and limits.
+func crossPlan(sets, jobs, limits string) ([]scenario, error) {
+	var js []int
+	for _, j := range splitList(jobs) {
+		n, err := strconv.Atoi(j)
+		if err != nil || n < 1 {
+			return nil, fmt.Errorf("-j %q: want positive integers", j)
+		}
+		js = append(js, n)
+	}
+	var ls []int64
+	for _, l := range splitList(limits) {
+		n, err := strconv.ParseFloat(l, 64)
+		if err != nil || n < 0 {
+			return nil, fmt.Errorf("-limits %q: want MiB/s, 0 for unthrottled", l)
+		}
+		ls = append(ls, int64(n*mib))
+	}
+	var plan []scenario
+	for _, s := range splitList(sets) {
+		if !slices.Contains(setNames, s) {
+			return nil, fmt.Errorf("-sets: unknown image set %q (want one of %v)", s, setNames)
+		}
+		for _, l := range ls {
+			plan = append(plan, scenario{set: s, limit: l, jobs: js})
+		}
+	}
+	if len(js) == 0 || len(ls) == 0 {
+		return nil, errors.New("need at least one -j and one limit")
+	}
+	return plan, nil
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+func defaultCacheDir() string {
+	if d, err := os.UserCacheDir(); err == nil {
+		return filepath.Join(d, "herd-bench")
+	}
+	return filepath.Join(os.TempDir(), "herd-bench-cache")
+}
+
+// prepare checks the programs, picks the storage driver and writes the
+// policy and storage.conf every contender shares.
+func (cfg *config) prepare() error {
+	for _, p := range []*program{&cfg.herd, &cfg.plaincopy, &cfg.launcher} {
+		abs, err := exec.LookPath(p.path)
+		if err != nil {
+			return fmt.Errorf("%s: %w (run `make bench`, which builds it)", p.path, err)
+		}
+		if p.path, err = filepath.Abs(abs); err != nil {
+			return err
+		}
+	}
+	if !cfg.contenders["herd"] {
+		return errors.New("-contenders must include herd: every ratio is to herd")
+	}
+	if cfg.contenders["podman"] {
+		switch p, err := exec.LookPath(cfg.podman); {
+		case cfg.podman == "":
+			cfg.podmanNote = "podman rows skipped: -podman is empty"
+		case err != nil:
+			cfg.podman, cfg.podmanNote = "", fmt.Sprintf("podman rows skipped: podman is not installed (%v); `apt-get install -y podman` to include them", err)
+		case os.Geteuid() != 0:
+			cfg.podman, cfg.podmanNote = "", "podman rows skipped: the benchmark runs podman on a store of its own, which needs root"
+		default:
+			cfg.podman = p
+		}
+	} else {
+		cfg.podman, cfg.podmanNote = "", "podman rows skipped: not in -contenders"
+	}
+
+	if cfg.work == "" {
+		base := os.Getenv("TMPDIR")
+		if base == "" {
+			base = "/var/tmp"
+		}
+		cfg.work = base
+	}
+	// No ':' in store paths: overlay's mount options use it as a separator.
+	dir, err := os.MkdirTemp(cfg.work, "herd-bench-")
+	if err != nil {
+		return err
+	}
+	if strings.Contains(dir, ":") {
+		return fmt.Errorf("-work %s: store paths must not contain ':' (overlay cannot mount them)", dir)
+	}
+	cfg.work = dir
+	cfg.driver = storeDriver(dir)
+	cfg.policy = filepath.Join(dir, "policy.json")
+	if err := os.WriteFile(cfg.policy, []byte(`{"default":[{"type":"insecureAcceptAnything"}]}`), 0o644); err != nil {
+		return err
+	}
+	cfg.storageConf = filepath.Join(dir, "storage.conf")
+	// Partial pulls on for everyone, as herd's default; each contender gets
+	// its own --root/--runroot per run.
+	conf := fmt.Sprintf("[storage]\ndriver = %q\ngraphroot = %q\nrunroot = %q\n\n[storage.options]\npull_options = {enable_partial_images = \"true\"}\n",
+		cfg.driver, filepath.Join(dir, "default-root"), filepath.Join(dir, "default-run"))
+	return os.WriteFile(cfg.storageConf, []byte(conf), 0o644)
+}
+
+// storeDriver is overlay when this process can use it (root, a kernel with
+// overlay), else vfs, which is much slower: the table says which.
+func storeDriver(dir string) string {
+	if os.Geteuid() != 0 {
+		return "vfs"
+	}
+	probe := filepath.Join(dir, "probe")
+	defer os.RemoveAll(probe)
+	s, err := storage.GetStore(storagetypes.StoreOptions{GraphRoot: probe + "/root", RunRoot: probe + "/run", GraphDriverName: "overlay"})
+	if err != nil {
+		return "vfs"
+	}
+	_, _ = s.Shutdown(true)
+	return "overlay"
+}
+
+// run builds or reuses the image sets, runs the whole matrix and reports.
+func run(ctx context.Context, cfg *config, stdout io.Writer) error {
+	if cfg.from != "" {
+		res, err := loadResults(cfg.from, cfg)
+		if err != nil {
+			return err
+		}
+		return res.report(stdout)
+	}
+	if err := cfg.prepare(); err != nil {
+		return err
+	}
+	defer os.RemoveAll(cfg.work)
+	if cfg.podmanNote != "" {
+		cfg.logf("%s", cfg.podmanNote)
+	}
+	name := "full"
+	if cfg.quick {
+		name = "quick"
+	}
+	cache, err := openCache(cfg.cacheDir, cfg.scale, name)
+	if err != nil {
+		return err
+	}
+	if err := cache.ensure(ctx, cfg.sets, cfg.compressions, cfg.logf); err != nil {
+		return fmt.Errorf("building the image sets: %w", err)
+	}
+
+	res := &results{cfg: cfg, cells: map[rowKey][]measurement{}, unique: map[string]int64{}, images: map[string]int{}}
+	for _, set := range cfg.sets {
+		for _, comp := range cfg.compressions {
+			res.images[setKey(set, comp)] = len(cache.sets[setKey(set, comp)])
+			for _, l := range uniqueLayers(cache.sets[setKey(set, comp)]) {
+				res.unique[setKey(set, comp)] += l.Size
+			}
+		}
+	}
+	// One registry per link setting, all serving the cache's directory.
+	var limits []int64
+	for _, sc := range cfg.plan {
+		if !slices.Contains(limits, sc.limit) {
+			limits = append(limits, sc.limit)
+		}
+	}
+	for _, limit := range limits {
+		reg, err := testregistry.Start(ctx, testregistry.Options{RootDirectory: cache.registryDir(), BandwidthLimit: limit, Quiet: true})
+		if err != nil {
+			return err
+		}
+		r, err := newRunner(cfg, reg)
+		if err != nil {
+			reg.Close()
+			return err
+		}
+		for _, sc := range cfg.plan {
+			if sc.limit != limit {
+				continue
+			}
+			for _, comp := range cfg.compressions {
+				images := cache.sets[setKey(sc.set, comp)]
+				contenders := cfg.contenderList(sc.jobs)
+				for i := range cfg.runs {
+					// Contenders take turns within each run, starting one
+					// further along each time, so load from outside the
+					// benchmark falls on all of them alike.
+					for k := range contenders {
+						c := contenders[(k+i)%len(contenders)]
+						m := r.measure(ctx, c, images)
+						key := rowKey{set: sc.set, compression: comp, limit: limit, contender: c}
+						res.cells[key] = append(res.cells[key], m)
+						cfg.logf("%-8s %-12s %-11s %-22s run %d/%d: %s", sc.set, comp, limitName(limit), c, i+1, cfg.runs, m)
+					}
+				}
+			}
+		}
+		reg.Close()
+	}
+	return res.report(stdout)
+}
+
+// contenderList is every contender configuration of one setting, in table order.
+func (cfg *config) contenderList(jobs []int) []contender {
+	var cs []contender
+	for _, name := range []string{"herd", "plaincopy"} {
+		if cfg.contenders[name] {
+			for _, j := range jobs {
+				cs = append(cs, contender{name: name, jobs: j})
+			}
+		}
+	}
+	if cfg.podman != "" {
+		cs = append(cs, contender{name: "podman-one-call"}, contender{name: "podman-per-image"})
+	}
+	return cs
+}
+
+func limitName(limit int64) string {
+	if limit == 0 {
+		return "unthrottled"
+	}
+	return fmt.Sprintf("%g MiB/s", float64(limit)/mib)
+}
+
+func (m measurement) String() string {
+	s := fmt.Sprintf("%.2fs, %.1f MiB served, %.2f CPU s, %.0f MiB peak RSS", m.Wall.Seconds(), float64(m.Served)/mib, m.CPU.Seconds(), float64(m.RSS)/mib)
+	if m.Err != "" {
+		s += ", FAILED: " + m.Err
+	}
+	return s
+}

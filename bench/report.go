@@ -1,0 +1,391 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"time"
+
+	"gonum.org/v1/plot"
+	"gonum.org/v1/plot/plotter"
+	"gonum.org/v1/plot/plotutil"
+	"gonum.org/v1/plot/vg"
+	"gonum.org/v1/plot/vg/draw"
+	"gonum.org/v1/plot/vg/vgimg"
+)
+
+// rowKey identifies one row of the table: a contender on a set, in a
+// compression, behind a bandwidth limit.
+type rowKey struct {
+	set, compression string
+	limit            int64
+	contender        contender
+}
+
+type results struct {
+	cfg    *config
+	cells  map[rowKey][]measurement
+	unique map[string]int64 // setKey → unique layer bytes
+	images map[string]int   // setKey → references pulled
+}
+
+// row is the medians of one rowKey's runs.
+type row struct {
+	key                rowKey
+	wall, cpu          time.Duration
+	served, rss        int64
+	bytesRatio         float64 // served / unique layer bytes
+	maxBytesRatio      float64 // the same, in the run that fetched most
+	failed             string  // the first failure, if any run failed
+	rssAtFloor         bool    // some run's peak RSS was at the launcher's floor
+	ok                 int     // successful runs
+	timeVsHerd, cpuVsH float64 // NaN for herd rows or when herd has no figure
+}
+
+func (res *results) row(k rowKey) (row, bool) {
+	ms, ok := res.cells[k]
+	if !ok {
+		return row{}, false
+	}
+	r := row{key: k, timeVsHerd: math.NaN(), cpuVsH: math.NaN()}
+	var walls, cpus, served, rss []float64
+	for _, m := range ms {
+		if m.Err != "" {
+			if r.failed == "" {
+				r.failed = m.Err
+			}
+			continue
+		}
+		r.ok++
+		walls = append(walls, float64(m.Wall))
+		cpus = append(cpus, float64(m.CPU))
+		served = append(served, float64(m.Served))
+		rss = append(rss, float64(m.RSS))
+		r.rssAtFloor = r.rssAtFloor || m.AtFloor
+	}
+	if r.ok == 0 {
+		return r, true
+	}
+	r.wall, r.cpu = time.Duration(median(walls)), time.Duration(median(cpus))
+	r.served, r.rss = int64(median(served)), int64(median(rss))
+	if u := res.unique[setKey(k.set, k.compression)]; u > 0 {
+		r.bytesRatio = float64(r.served) / float64(u)
+		r.maxBytesRatio = slices.Max(served) / float64(u)
+	}
+	if k.contender.name != "herd" {
+		hk := k
+		hk.contender = contender{name: "herd", jobs: k.contender.jobs}
+		if k.contender.jobs == 0 {
+			hk.contender.jobs = res.cfg.refJobs
+		}
+		if h, ok := res.row(hk); ok && h.ok > 0 {
+			r.timeVsHerd = float64(r.wall) / float64(h.wall)
+			r.cpuVsH = float64(r.cpu) / float64(h.cpu)
+		}
+	}
+	return r, true
+}
+
+func median(v []float64) float64 {
+	slices.Sort(v)
+	n := len(v)
+	if n%2 == 1 {
+		return v[n/2]
+	}
+	return (v[n/2-1] + v[n/2]) / 2
+}
+
+// rows returns every row in table order: by set, compression, then link in
+// plan order.
+func (res *results) rows() []row {
+	var out []row
+	for _, set := range res.cfg.sets {
+		for _, comp := range res.cfg.compressions {
+			for _, sc := range res.cfg.plan {
+				if sc.set != set {
+					continue
+				}
+				for _, c := range res.cfg.contenderList(sc.jobs) {
+					if r, ok := res.row(rowKey{set, comp, sc.limit, c}); ok {
+						out = append(out, r)
+					}
+				}
+			}
+		}
+	}
+	return out
+}
+
+// report prints the Markdown report to w and writes it, the raw runs and the
+// plots to cfg.out.
+func (res *results) report(w io.Writer) error {
+	var b strings.Builder
+	res.markdown(&b)
+	if _, err := io.WriteString(w, b.String()); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(res.cfg.out, 0o755); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(res.cfg.out, "results.md"), []byte(b.String()), 0o644); err != nil {
+		return err
+	}
+	j, err := json.MarshalIndent(res.save(), "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(res.cfg.out, "results.json"), j, 0o644); err != nil {
+		return err
+	}
+	for _, set := range res.cfg.sets {
+		path := filepath.Join(res.cfg.out, "bench-"+set+".png")
+		if err := res.plot(set, path); err != nil {
+			return fmt.Errorf("plotting %s: %w", set, err)
+		}
+		res.cfg.logf("wrote %s", path)
+	}
+	return nil
+}
+
+func (res *results) markdown(b *strings.Builder) {
+	cfg := res.cfg
+	fmt.Fprintf(b, "herd benchmark: %d run(s) per row, medians; %d CPUs, %s/%s, %s storage driver; %s.\n\n",
+		cfg.runs, runtime.NumCPU(), runtime.GOOS, runtime.GOARCH, cfg.driver, map[bool]string{true: "quick (tiny images)", false: "full-size images"}[cfg.quick])
+	fmt.Fprintf(b, "Plan (set, link, -j), each in %s:\n\n```\n%s```\n\n", strings.Join(cfg.compressions, " and "), describePlan(cfg.plan))
+	for _, set := range cfg.sets {
+		for _, comp := range cfg.compressions {
+			fmt.Fprintf(b, "- %s, %s: %d references, unique layer bytes %.1f MiB\n", set, comp, res.images[setKey(set, comp)], float64(res.unique[setKey(set, comp)])/mib)
+		}
+	}
+	if cfg.podmanNote != "" {
+		fmt.Fprintf(b, "- %s\n", cfg.podmanNote)
+	}
+	b.WriteString("\n| set | compression | link | contender | -j | wall s | wall ×herd | served / unique | CPU s | CPU ×herd | peak RSS MiB |\n")
+	b.WriteString("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|\n")
+	for _, r := range res.rows() {
+		k := r.key
+		j := fmt.Sprint(k.contender.jobs)
+		if k.contender.jobs == 0 {
+			j = "6/image"
+		}
+		if r.ok == 0 {
+			fmt.Fprintf(b, "| %s | %s | %s | %s | %s | failed: %s | | | | | |\n", k.set, k.compression, limitName(k.limit), k.contender.name, j, strings.ReplaceAll(r.failed, "|", "/"))
+			continue
+		}
+		wall := fmt.Sprintf("%.2f", r.wall.Seconds())
+		if r.failed != "" {
+			wall += fmt.Sprintf(" (%d of %d runs failed)", len(res.cells[k])-r.ok, len(res.cells[k]))
+		}
+		bytes := fmt.Sprintf("%.3f", r.bytesRatio)
+		if r.maxBytesRatio > r.bytesRatio*1.01 {
+			bytes += fmt.Sprintf(" (max %.3f)", r.maxBytesRatio)
+		}
+		rss := fmt.Sprintf("%.0f", float64(r.rss)/mib)
+		if r.rssAtFloor {
+			rss += "*"
+		}
+		fmt.Fprintf(b, "| %s | %s | %s | %s | %s | %s | %s | %s | %.2f | %s | %s |\n",
+			k.set, k.compression, limitName(k.limit), k.contender.name, j, wall, ratio(r.timeVsHerd),
+			bytes, r.cpu.Seconds(), ratio(r.cpuVsH), rss)
+	}
+	fmt.Fprintf(b, "\nwall ×herd and CPU ×herd divide by herd's figure at the same -j (podman rows: at -j %d). "+
+		"served / unique is the layer blob bytes the registry sent over the layer bytes the set's images have (each distinct blob once); "+
+		"(max …) is the run that fetched most, when it is over 1%% above the median. "+
+		"CPU s is user+system time of the contender's processes and their reaped children. "+
+		"podman runs with containers/image's default of 6 blob copies per image and no limit across images; "+
+		"podman-per-image's peak RSS is the sum of its processes' peaks. "+
+		"A peak RSS cannot be read below %.0f MiB (the launcher's own, which Linux gives every program it starts as its initial peak); "+
+		"* marks a figure where some process was at that floor.\n", cfg.refJobs, float64(res.floor())/mib)
+	if failed := res.failures(); failed != "" {
+		b.WriteString("\nFailures:\n" + failed)
+	}
+	if t := res.targets(); t != "" {
+		b.WriteString("\nTargets:\n" + t)
+	}
+}
+
+// floor is the highest RSS floor of any run.
+func (res *results) floor() int64 {
+	var f int64
+	for _, ms := range res.cells {
+		for _, m := range ms {
+			f = max(f, m.Floor)
+		}
+	}
+	return f
+}
+
+func ratio(f float64) string {
+	if math.IsNaN(f) {
+		return "—"
+	}
+	return fmt.Sprintf("%.2f", f)
+}
+
+func (res *results) failures() string {
+	var b strings.Builder
+	for _, r := range res.rows() {
+		for i, m := range res.cells[r.key] {
+			if m.Err != "" {
+				fmt.Fprintf(&b, "- %s %s %s %s run %d: %s\n", r.key.set, r.key.compression, limitName(r.key.limit), r.key.contender, i+1, m.Err)
+			}
+		}
+	}
+	return b.String()
+}
+
+// targets checks the figures the project promises (issues 3 and 7) against
+// what this run measured, wherever it measured them.
+func (res *results) targets() string {
+	var b strings.Builder
+	check := func(ok bool, format string, a ...any) {
+		mark := "met"
+		if !ok {
+			mark = "NOT MET"
+		}
+		fmt.Fprintf(&b, "- [%s] %s\n", mark, fmt.Sprintf(format, a...))
+	}
+	rows := res.rows()
+	for _, comp := range res.cfg.compressions {
+		// Bytes: herd fetches each blob once, at every -j and link. (similar
+		// is left out: partial pulls serve less than the blobs' sizes.)
+		worst, n := 0.0, 0
+		for _, r := range rows {
+			k := r.key
+			if k.compression != comp || k.contender.name != "herd" || r.ok == 0 || k.set == "similar" {
+				continue
+			}
+			n++
+			worst = max(worst, r.maxBytesRatio)
+			if r.maxBytesRatio > 1.01 {
+				mark := "NOT MET"
+				if r.bytesRatio <= 1.01 {
+					mark = "met by the median, NOT in every run"
+				}
+				fmt.Fprintf(&b, "- [%s] %s %s %s herd -j %d: served / unique %.3f (median), %.3f in its worst run (target ≤ 1.01)\n",
+					mark, k.set, comp, limitName(k.limit), k.contender.jobs, r.bytesRatio, r.maxBytesRatio)
+			}
+		}
+		if n > 0 && worst <= 1.01 {
+			check(true, "%s: herd's served / unique at most %.3f in any run of %d rows (fleet, fleet16, same; every -j and link) (target ≤ 1.01)", comp, worst, n)
+		}
+		for _, r := range rows {
+			k := r.key
+			if k.compression != comp || k.set != "fleet" || r.ok == 0 || math.IsNaN(r.timeVsHerd) {
+				continue
+			}
+			herdOver := 1 / r.timeVsHerd
+			switch {
+			case k.limit == 100*mib && k.contender == contender{"plaincopy", res.cfg.refJobs}:
+				check(herdOver <= 0.6, "fleet %s 100 MiB/s -j %d: herd's wall time is %.2f× plain copy.Image's (target ≤ 0.6)", comp, k.contender.jobs, herdOver)
+			case k.limit == 100*mib && k.contender.name == "podman-per-image":
+				check(herdOver <= 0.5, "fleet %s 100 MiB/s -j %d: herd's wall time is %.2f× parallel podman processes' (target ≤ 0.5)", comp, res.cfg.refJobs, herdOver)
+			case k.limit == 0 && k.contender.name == "plaincopy":
+				check(herdOver <= 1.05, "fleet %s unthrottled -j %d: herd's wall time is %.2f× plain copy.Image's (target ≤ 1.05)", comp, k.contender.jobs, herdOver)
+			}
+		}
+		var peak int64
+		for _, r := range rows {
+			if k := r.key; k.compression == comp && k.set == "fleet16" && k.contender.name == "herd" && r.ok > 0 {
+				peak = max(peak, r.rss)
+			}
+		}
+		if peak > 0 {
+			check(peak <= 150*mib, "fleet16 (16 images) %s: herd's peak RSS is %.0f MiB (median; the highest over -j and links) (target ≤ 150 MiB)", comp, float64(peak)/mib)
+		}
+	}
+	return b.String()
+}
+
+// plot draws one PNG for a set: a column per link setting; rows of wall
+// time and served / unique bytes against -j, per compression. podman, which
+// has no -j, is a flat line.
+func (res *results) plot(set, path string) error {
+	cfg := res.cfg
+	var scenarios []scenario
+	for _, sc := range cfg.plan {
+		if sc.set == set {
+			scenarios = append(scenarios, sc)
+		}
+	}
+	var grid [][]*plot.Plot
+	for _, comp := range cfg.compressions {
+		for _, metric := range []string{"wall time (s)", "served / unique bytes"} {
+			var line []*plot.Plot
+			for _, sc := range scenarios {
+				p := plot.New()
+				p.Title.Text = fmt.Sprintf("%s %s, %s", set, comp, limitName(sc.limit))
+				p.X.Label.Text = "-j"
+				p.Y.Label.Text = metric
+				p.Y.Min = 0
+				p.X.Min, p.X.Max = 0, float64(slices.Max(sc.jobs))+1
+				var ticks []plot.Tick
+				for _, j := range sc.jobs {
+					ticks = append(ticks, plot.Tick{Value: float64(j), Label: fmt.Sprint(j)})
+				}
+				p.X.Tick.Marker = plot.ConstantTicks(ticks)
+				top := 0.0
+				var series []any
+				for _, name := range []string{"herd", "plaincopy", "podman-one-call", "podman-per-image"} {
+					var xys plotter.XYs
+					for _, c := range cfg.contenderList(sc.jobs) {
+						if c.name != name {
+							continue
+						}
+						r, ok := res.row(rowKey{set, comp, sc.limit, c})
+						if !ok || r.ok == 0 {
+							continue
+						}
+						y := r.wall.Seconds()
+						if metric != "wall time (s)" {
+							y = r.bytesRatio
+						}
+						top = max(top, y)
+						if c.jobs == 0 {
+							xys = append(xys, plotter.XY{X: p.X.Min, Y: y}, plotter.XY{X: p.X.Max, Y: y})
+						} else {
+							xys = append(xys, plotter.XY{X: float64(c.jobs), Y: y})
+						}
+					}
+					if len(xys) > 0 {
+						series = append(series, name, xys)
+					}
+				}
+				if err := plotutil.AddLinePoints(p, series...); err != nil {
+					return err
+				}
+				// Room above the highest line for the legend.
+				p.Y.Max = top * 1.45
+				p.Legend.Top = true
+				p.Legend.TextStyle.Font.Size = vg.Points(8)
+				line = append(line, p)
+			}
+			grid = append(grid, line)
+		}
+	}
+	rows, cols := len(grid), len(scenarios)
+	img := vgimg.New(vg.Points(float64(300*cols)), vg.Points(float64(240*rows)))
+	tiles := draw.Tiles{Rows: rows, Cols: cols, PadX: vg.Millimeter * 4, PadY: vg.Millimeter * 4,
+		PadTop: vg.Millimeter * 2, PadBottom: vg.Millimeter * 2, PadLeft: vg.Millimeter * 2, PadRight: vg.Millimeter * 2}
+	canvases := plot.Align(grid, tiles, draw.New(img))
+	for i := range grid {
+		for j := range grid[i] {
+			grid[i][j].Draw(canvases[i][j])
+		}
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if _, err := (vgimg.PngCanvas{Canvas: img}).WriteTo(f); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}

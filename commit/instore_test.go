@@ -1,0 +1,36 @@
+package commit
+
+import (
+	"context"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	digest "github.com/opencontainers/go-digest"
+)
+
+// A wait ends when the store has the layer, even though the flight it waits
+// for has not ended: another process committed the layer first, and the
+// owner's containers/image reused it by chain ID without a PutLayer
+// (invariant 5). Without this, the owner may need a slot the waiters hold.
+func TestWaitEndsWhenAnotherProcessCommits(t *testing.T) {
+	c := NewCoordinator()
+	a, b := c.NewPull(context.Background(), "a", nil), c.NewPull(context.Background(), "b", nil)
+	var present atomic.Bool
+	b.inStore = func(blob digest.Digest) bool { return blob == blobX && present.Load() }
+	a.claimOrWait(blobX, nil)
+	got := waitFor(b, blobX)
+	eventually(t, "b waits", func() bool { return waiting(c, b) })
+	present.Store(true) // the flight is still a's
+	select {
+	case d := <-got:
+		if d != lookAgain {
+			t.Fatalf("after the layer appeared in the store: %v, want lookAgain", d)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the wait did not end when the layer appeared in the store")
+	}
+	if !b.Waited(blobX) {
+		t.Error("b does not report that it obtained the blob by waiting")
+	}
+}

@@ -1,0 +1,86 @@
+package pull
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	digest "github.com/opencontainers/go-digest"
+	"go.podman.io/image/v5/types"
+
+	"github.com/herd-project/herd/commit"
+)
+
+func event(kind types.ProgressEvent, blob digest.Digest) types.ProgressProperties {
+	return types.ProgressProperties{Event: kind, Artifact: types.BlobInfo{Digest: blob}}
+}
+
+// The arming rules, checked at chosen instants (check is what the ticker calls).
+func TestWatchdogArming(t *testing.T) {
+	const timeout = time.Minute
+	blob := digest.FromString("layer")
+	newDog := func() *watchdog {
+		w := &watchdog{timeout: timeout, run: commit.NewCoordinator(), last: time.Now(), inFlight: map[digest.Digest]bool{}}
+		w.events = true // past the attempt's first event unless a case says otherwise
+		return w
+	}
+	later := func() time.Time { return time.Now().Add(timeout + time.Second) }
+
+	w := newDog()
+	w.progress(event(types.ProgressEventNewArtifact, blob))
+	if err := w.check(time.Now()); err != nil {
+		t.Errorf("a transfer that just started is reported stalled: %v", err)
+	}
+	err := w.check(later())
+	if err == nil || !errors.Is(err, errStalled) || !strings.Contains(err.Error(), blob.String()) {
+		t.Errorf("a transfer silent for longer than the timeout: got %v, want a stall naming %s", err, blob)
+	}
+
+	w = newDog()
+	w.progress(event(types.ProgressEventNewArtifact, blob))
+	w.progress(event(types.ProgressEventDone, blob))
+	if err := w.check(later()); err != nil {
+		t.Errorf("an image with no transfer under way (queued, or committing) is reported stalled: %v", err)
+	}
+
+	w = newDog()
+	w.progress(event(types.ProgressEventNewArtifact, blob))
+	w.waiting(true)
+	if err := w.check(later()); err != nil {
+		t.Errorf("an image waiting for another pull's blob is reported stalled: %v", err)
+	}
+	w.waiting(false)
+	if err := w.check(time.Now()); err != nil {
+		t.Errorf("the timeout did not restart when the wait ended: %v", err)
+	}
+
+	// Before the first event: armed only while the whole run is idle.
+	w = newDog()
+	w.events = false
+	if err := w.check(later()); err != nil {
+		t.Errorf("an image without events while the run progresses (queued for a slot) is reported stalled: %v", err)
+	}
+	w.timeout = 10 * time.Millisecond
+	time.Sleep(20 * time.Millisecond) // the run has not progressed since NewCoordinator
+	if err := w.check(time.Now()); err == nil || !errors.Is(err, errStalled) {
+		t.Errorf("an image without events in an idle run: got %v, want a stall", err)
+	}
+}
+
+// A stalled watchdog cancels its attempt with the stall as the cause.
+func TestWatchdogAbandons(t *testing.T) {
+	var got error
+	fired := make(chan struct{})
+	w := startWatchdog(20*time.Millisecond, commit.NewCoordinator(), func(err error) { got = err; close(fired) })
+	defer w.stop()
+	w.progress(event(types.ProgressEventNewArtifact, digest.FromString("x")))
+	select {
+	case <-fired:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the watchdog never fired on a silent transfer")
+	}
+	if !errors.Is(got, errStalled) {
+		t.Errorf("cancel cause %v, want a stall", got)
+	}
+}

@@ -1,0 +1,146 @@
+package tests
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"go.podman.io/storage"
+	storagetypes "go.podman.io/storage/types"
+
+	"github.com/herd-project/herd/tests/testimage"
+	"github.com/herd-project/herd/tests/testregistry"
+)
+
+// podmanBinary finds Debian's podman; outside CI a missing podman skips the
+// test, in CI it fails it (.ci/run installs podman).
+func podmanBinary(t *testing.T) string {
+	t.Helper()
+	bin, err := exec.LookPath("podman")
+	if err != nil {
+		if inCI {
+			t.Fatalf("podman is not installed, and CI must run this test (apt-get install podman): %v", err)
+		}
+		t.Skipf("podman is not installed (apt-get install podman); CI runs this test: %v", err)
+	}
+	if os.Geteuid() != 0 {
+		if inCI {
+			t.Fatal("CI must run the podman tests as root")
+		}
+		t.Skip("podman on a store under the test's temporary directory needs root; CI runs this test as root")
+	}
+	return bin
+}
+
+// podmanPullCommand is `podman pull` of refs on the env's store, with the
+// env's policy and registries.conf, plain HTTP to the test registry.
+func (e *env) podmanPullCommand(bin string, refs ...string) *exec.Cmd {
+	args := append([]string{"--root", e.root, "--runroot", e.runroot, "--storage-driver", e.driver,
+		"--tmpdir", filepath.Join(e.dir, "podman-tmp"), "--events-backend", "none", "--cgroup-manager", "cgroupfs",
+		"pull", "--tls-verify=false", "--signature-policy", e.policy}, refs...)
+	c := exec.Command(bin, args...)
+	c.Env = append(os.Environ(), "CONTAINERS_REGISTRIES_CONF="+e.regconf)
+	return c
+}
+
+// Issue 6, test 5: three herd processes and a podman pull run at once on
+// one store, with overlapping sets of images: every one succeeds, every
+// image is complete and correct, and the store passes containers/storage's
+// check. Several rounds on a fresh store each time, for more interleavings.
+func TestConcurrentProcessesShareOneStore(t *testing.T) {
+	podman := podmanBinary(t)
+	// A limited link stretches the transfers so that the four processes
+	// really overlap.
+	e := newEnv(t, testregistry.Options{BandwidthLimit: 1 << 20})
+	images := fleet(e, "gzip")
+	pick := func(idx ...int) []testimage.Pushed {
+		var out []testimage.Pushed
+		for _, i := range idx {
+			out = append(out, images[i])
+		}
+		return out
+	}
+	herdSets := [][]testimage.Pushed{pick(0, 1, 2, 3, 4), pick(2, 3, 4, 5, 6), pick(5, 6, 7, 0, 1)}
+	podmanSet := pick(3, 7, 1)
+	tmp := t.TempDir()
+
+	// podman refuses a runroot longer than 50 characters; t.TempDir's are.
+	short, err := os.MkdirTemp("", "herd-cc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(short) })
+	for round := 0; round < repetitions(t, 3); round++ {
+		e.resetStore()
+		e.runroot = filepath.Join(short, fmt.Sprintf("run%d", round))
+		root, runroot := e.root, e.runroot
+		t.Cleanup(func() { // before short is removed (cleanups run last first)
+			if s, err := storage.GetStore(storagetypes.StoreOptions{GraphRoot: root, RunRoot: runroot, GraphDriverName: e.driver}); err == nil {
+				_, _ = s.Shutdown(true)
+			}
+		})
+		start := time.Now()
+		var procs []*herdProcess
+		for _, set := range herdSets {
+			// Debug logs say how each wait for another pull's blob ended.
+			procs = append(procs, e.startHerd(tmp, append([]string{"--log-level", "debug"}, refs(set...)...)...))
+		}
+		pc := e.podmanPullCommand(podman, refs(podmanSet...)...)
+		var pout, perr bytes.Buffer
+		pc.Stdout, pc.Stderr = &pout, &perr
+		if err := pc.Start(); err != nil {
+			t.Fatalf("starting podman: %v", err)
+		}
+		perrc := make(chan error, 1)
+		go func() { perrc <- pc.Wait() }()
+
+		for i, p := range procs {
+			if code := p.wait(t); code != 0 {
+				t.Errorf("round %d: herd %d (%s) exited %d\n%s", round, i, strings.Join(refs(herdSets[i]...), " "), code, p.stderr.String())
+			}
+			// A layer another process commits first must end the waits for
+			// it at once (commit/coordinator.go, invariant 5), not after the
+			// whole run has stalled for --stall-timeout.
+			for _, line := range strings.Split(p.stderr.String(), "\n") {
+				if strings.Contains(line, "): stalled") {
+					t.Errorf("round %d: herd %d: a wait ended only because the run stalled: %s", round, i, line)
+				}
+			}
+		}
+		if err := <-perrc; err != nil {
+			t.Errorf("round %d: podman pull %s: %v\n%s", round, strings.Join(refs(podmanSet...), " "), err, perr.String())
+		}
+		if t.Failed() {
+			t.FailNow()
+		}
+		t.Logf("round %d: all four processes done in %s", round, time.Since(start).Round(time.Millisecond))
+		for _, p := range images {
+			e.verifyImage(p)
+		}
+		checkStore(t, e.store())
+		if left := herdTempDirs(t, tmp); len(left) != 0 {
+			t.Errorf("round %d: temporary directories left: %v", round, left)
+		}
+		// podman sees every image, whoever pulled it.
+		out, err := exec.Command(podman, "--root", e.root, "--runroot", e.runroot, "--storage-driver", e.driver,
+			"--tmpdir", filepath.Join(e.dir, "podman-tmp"), "--events-backend", "none", "--cgroup-manager", "cgroupfs",
+			"images", "--format", "{{.Repository}}:{{.Tag}}").CombinedOutput()
+		if err != nil {
+			t.Fatalf("podman images: %v\n%s", err, out)
+		}
+		for _, p := range images {
+			if !strings.Contains(string(out), p.Ref) {
+				t.Errorf("round %d: podman images does not list %s:\n%s", round, p.Ref, out)
+			}
+		}
+		if t.Failed() {
+			t.FailNow()
+		}
+	}
+	t.Logf("%d herd processes and podman pulled %d overlapping images into one store, each round", len(herdSets), len(images))
+}

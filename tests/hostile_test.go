@@ -1,0 +1,412 @@
+package tests
+
+import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	digest "github.com/opencontainers/go-digest"
+	imgspecv1 "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/herd-project/herd/tests/testimage"
+	"github.com/herd-project/herd/tests/testregistry"
+)
+
+// Hand-made images go to the registry through its HTTP API, as a client
+// that does not follow the rules would push them: containers/image would
+// refuse to build most of them.
+
+// putBlobRaw uploads data to repo (monolithic POST + PUT upload).
+func putBlobRaw(t *testing.T, reg *testregistry.Registry, repo string, data []byte) digest.Digest {
+	t.Helper()
+	resp, err := http.Post(reg.URL+"/v2/"+repo+"/blobs/uploads/", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("starting an upload to %s: %s", repo, resp.Status)
+	}
+	loc, err := resp.Location()
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := digest.FromBytes(data)
+	q := loc.Query()
+	q.Set("digest", d.String())
+	loc.RawQuery = q.Encode()
+	req, _ := http.NewRequest(http.MethodPut, loc.String(), bytes.NewReader(data))
+	req.Header.Set("Content-Type", "application/octet-stream")
+	resp, err = http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated {
+		t.Fatalf("finishing an upload to %s: %s", repo, resp.Status)
+	}
+	return d
+}
+
+// putManifestRaw stores body as repo:tag with the given media type.
+func putManifestRaw(t *testing.T, reg *testregistry.Registry, repo, tag, mediaType string, body []byte) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodPut, reg.URL+"/v2/"+repo+"/manifests/"+tag, bytes.NewReader(body))
+	req.Header.Set("Content-Type", mediaType)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated {
+		t.Fatalf("putting manifest %s:%s: %s %s", repo, tag, resp.Status, msg)
+	}
+}
+
+// rawLayer is one layer of a hand-made image: its gzip blob and the diff ID
+// its config claims for it.
+type rawLayer struct {
+	blob   []byte
+	diffID digest.Digest
+}
+
+// gzipLayer compresses a tar into a layer whose config diff ID is right.
+func gzipLayer(t *testing.T, tarball []byte) rawLayer {
+	t.Helper()
+	var buf bytes.Buffer
+	zw := gzip.NewWriter(&buf)
+	if _, err := zw.Write(tarball); err != nil {
+		t.Fatal(err)
+	}
+	if err := zw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return rawLayer{blob: buf.Bytes(), diffID: digest.FromBytes(tarball)}
+}
+
+// tarOf writes the headers (with data for regular files) as a tar.
+func tarOf(t *testing.T, entries ...tarEntry) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, e := range entries {
+		h := e.hdr
+		if h.Mode == 0 {
+			h.Mode = 0o644
+		}
+		if h.Typeflag == tar.TypeReg {
+			h.Size = int64(len(e.data))
+		}
+		if err := tw.WriteHeader(&h); err != nil {
+			t.Fatalf("tar header %q: %v", h.Name, err)
+		}
+		if _, err := tw.Write(e.data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+type tarEntry struct {
+	hdr  tar.Header
+	data []byte
+}
+
+func tarFile(name, content string) tarEntry {
+	return tarEntry{hdr: tar.Header{Name: name, Typeflag: tar.TypeReg}, data: []byte(content)}
+}
+func tarSymlink(name, target string) tarEntry {
+	return tarEntry{hdr: tar.Header{Name: name, Typeflag: tar.TypeSymlink, Linkname: target, Mode: 0o777}}
+}
+func tarHardlink(name, target string) tarEntry {
+	return tarEntry{hdr: tar.Header{Name: name, Typeflag: tar.TypeLink, Linkname: target}}
+}
+
+// pushRaw pushes a hand-made OCI image as HOST/repo:tag: its layers, a
+// config (made from the layers' diff IDs unless config is given), and the
+// manifest. It returns the reference.
+func pushRaw(t *testing.T, reg *testregistry.Registry, repo string, layers []rawLayer, config []byte) string {
+	t.Helper()
+	if config == nil {
+		cfg := imgspecv1.Image{
+			Platform: imgspecv1.Platform{OS: "linux", Architecture: "amd64"},
+			RootFS:   imgspecv1.RootFS{Type: "layers"},
+		}
+		for _, l := range layers {
+			cfg.RootFS.DiffIDs = append(cfg.RootFS.DiffIDs, l.diffID)
+		}
+		var err error
+		if config, err = json.Marshal(cfg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m := imgspecv1.Manifest{MediaType: imgspecv1.MediaTypeImageManifest}
+	m.SchemaVersion = 2
+	m.Config = imgspecv1.Descriptor{MediaType: imgspecv1.MediaTypeImageConfig, Digest: putBlobRaw(t, reg, repo, config), Size: int64(len(config))}
+	for _, l := range layers {
+		m.Layers = append(m.Layers, imgspecv1.Descriptor{MediaType: imgspecv1.MediaTypeImageLayerGzip, Digest: putBlobRaw(t, reg, repo, l.blob), Size: int64(len(l.blob))})
+	}
+	body, err := json.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	putManifestRaw(t, reg, repo, "1", imgspecv1.MediaTypeImageManifest, body)
+	return reg.Host + "/" + repo + ":1"
+}
+
+// rewritingProxy is a plain-HTTP proxy in front of the real registry that
+// passes everything through except the manifests rewrite changes: a
+// registry (or a CDN in front of one) that serves what a registry never
+// stores. It returns the proxy's host.
+func rewritingProxy(t *testing.T, reg *testregistry.Registry, rewrite func(path string, resp *http.Response) error) string {
+	t.Helper()
+	target, err := url.Parse(reg.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := httputil.NewSingleHostReverseProxy(target)
+	p.ModifyResponse = func(resp *http.Response) error { return rewrite(resp.Request.URL.Path, resp) }
+	srv := httptest.NewServer(p)
+	t.Cleanup(srv.Close)
+	return strings.TrimPrefix(srv.URL, "http://")
+}
+
+// snapshotOutsideStore records every file under the env's directory that
+// is not the store's (root, runroot), herd's blob-info cache beside it
+// (cmd.blobInfoCacheDir: herd's own metadata, written on purpose) or the
+// pusher's work directory: path → size, mode, link count and mtime of
+// files, and that directories exist.
+func (e *env) snapshotOutsideStore(t *testing.T) map[string]string {
+	t.Helper()
+	skip := map[string]bool{e.root: true, e.runroot: true, filepath.Join(e.dir, "cache"): true, filepath.Join(e.dir, "push"): true}
+	out := map[string]string{}
+	err := filepath.Walk(e.dir, func(p string, fi os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		if skip[p] {
+			return filepath.SkipDir
+		}
+		if fi.IsDir() {
+			// Creating the store (and the run's temporary directory) in e.dir
+			// changes directories' times; what is in them is compared.
+			out[p] = "dir"
+			return nil
+		}
+		var nlink uint64
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+			nlink = uint64(st.Nlink)
+		}
+		out[p] = fmt.Sprintf("%d %v %d %d", fi.Size(), fi.Mode(), nlink, fi.ModTime().UnixNano())
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// hostileCase is one hostile input, pulled beside a good image.
+type hostileCase struct {
+	name string
+	// make pushes the hostile image (or builds the input) and returns the
+	// argument for herd and what its error must say, besides naming it.
+	make func(t *testing.T, e *env, h *hostileFixture) (arg string, want []string)
+}
+
+// hostileFixture is what the cases may aim at outside the store.
+type hostileFixture struct {
+	sentinel string // a file name no test creates: it must appear nowhere
+	outside  string // a directory outside the store
+	secret   string // a file outside the store
+	proxy    string // host of the rewriting proxy in front of the registry
+}
+
+// Issue 6, test 6: each hostile input fails with an error naming the image
+// (and the layer blob, where there is one) and the cause; is not retried;
+// writes nothing outside the store; leaves no layer of it in the store; and
+// the good image of the same run is pulled. containers/image and
+// containers/storage reject most of these themselves; herd refuses the
+// tars they would contain instead (commit/tarcheck.go) and says clearly
+// what a manifest it cannot pull is.
+func TestHostileInputs(t *testing.T) {
+	e := newEnv(t, testregistry.Options{})
+	good := e.push("good:1", testimage.Image{Layers: []testimage.Layer{ownLayer(91)}}, "gzip")
+	b := make([]byte, 6)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	h := &hostileFixture{sentinel: "herd-escape-" + hex.EncodeToString(b), outside: filepath.Join(e.dir, "outside"), secret: filepath.Join(e.dir, "secret.txt")}
+	if err := os.Mkdir(h.outside, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	write(t, h.secret, "not for layers")
+	h.proxy = rewritingProxy(t, e.reg, func(path string, resp *http.Response) error {
+		switch {
+		case strings.HasSuffix(path, "/unknown-type/manifests/1"):
+			resp.Header.Set("Content-Type", "application/vnd.example.unknown.v1+json")
+		case strings.HasSuffix(path, "/huge-manifest/manifests/1"):
+			// A registry never stores a manifest over 4 MiB; serve one.
+			body, err := io.ReadAll(resp.Body)
+			if err != nil {
+				return err
+			}
+			body = append(bytes.TrimRight(body, "}"), []byte(`,"annotations":{"pad":"`+strings.Repeat("p", 5<<20)+`"}}`)...)
+			resp.Body = io.NopCloser(bytes.NewReader(body))
+			resp.ContentLength = int64(len(body))
+			resp.Header.Set("Content-Length", fmt.Sprint(len(body)))
+		}
+		return nil
+	})
+	up := strings.Repeat("../", 40) // from any layer directory up to /
+	blobOf := func(l rawLayer) string { return digest.FromBytes(l.blob).String() }
+
+	cases := []hostileCase{
+		{"invalid reference", func(t *testing.T, e *env, h *hostileFixture) (string, []string) {
+			return "Not//Valid::Ref", []string{"invalid reference format"}
+		}},
+		{"unknown manifest media type", func(t *testing.T, e *env, h *hostileFixture) (string, []string) {
+			e.push("unknown-type:1", testimage.Image{Layers: []testimage.Layer{ownLayer(92)}}, "gzip")
+			return h.proxy + "/unknown-type:1", []string{`"application/vnd.example.unknown.v1+json"`, "not a manifest type herd can pull"}
+		}},
+		{"oversized manifest", func(t *testing.T, e *env, h *hostileFixture) (string, []string) {
+			e.push("huge-manifest:1", testimage.Image{Layers: []testimage.Layer{ownLayer(93)}}, "gzip")
+			return h.proxy + "/huge-manifest:1", []string{"manifest", "exceeded maximum allowed size"}
+		}},
+		{"oversized config", func(t *testing.T, e *env, h *hostileFixture) (string, []string) {
+			cfg := `{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]},"comment":"` + strings.Repeat("x", 5<<20) + `"}`
+			ref := pushRaw(t, e.reg, "hostile/big-config", []rawLayer{gzipLayer(t, tarOf(t, tarFile("a.txt", "a")))}, []byte(cfg))
+			return ref, []string{"configuration", "exceeded maximum allowed size"}
+		}},
+		{"diff_id mismatch", func(t *testing.T, e *env, h *hostileFixture) (string, []string) {
+			l := gzipLayer(t, tarOf(t, tarFile("a.txt", "a")))
+			l.diffID = digest.FromString("not this layer")
+			return pushRaw(t, e.reg, "hostile/diff-id", []rawLayer{l}, nil), []string{blobOf(l), "does not match config's DiffID", l.diffID.String()}
+		}},
+		{"dot-dot paths", func(t *testing.T, e *env, h *hostileFixture) (string, []string) {
+			l := gzipLayer(t, tarOf(t,
+				tarFile("ok.txt", "fine"),
+				tarFile("../"+h.sentinel, "one level up"),
+				tarFile(up+strings.TrimPrefix(h.outside, "/")+"/"+h.sentinel, "into a directory outside the store"),
+			))
+			return pushRaw(t, e.reg, "hostile/dot-dot", []rawLayer{l}, nil), []string{blobOf(l), `"../` + h.sentinel + `"`, `".." path component`}
+		}},
+		{"write through an absolute symlink", func(t *testing.T, e *env, h *hostileFixture) (string, []string) {
+			l := gzipLayer(t, tarOf(t,
+				tarSymlink("escape", h.outside),
+				tarFile("escape/"+h.sentinel, "through the symlink"),
+			))
+			return pushRaw(t, e.reg, "hostile/symlink", []rawLayer{l}, nil), []string{blobOf(l), `"escape/` + h.sentinel + `"`, "through symlink", h.outside}
+		}},
+		{"hard link out of the layer", func(t *testing.T, e *env, h *hostileFixture) (string, []string) {
+			l := gzipLayer(t, tarOf(t,
+				tarFile("ok.txt", "fine"),
+				tarHardlink(h.sentinel, h.secret),
+			))
+			return pushRaw(t, e.reg, "hostile/hardlink", []rawLayer{l}, nil), []string{blobOf(l), "hard link", h.secret, "not in the layer"}
+		}},
+		{"hard link up and out", func(t *testing.T, e *env, h *hostileFixture) (string, []string) {
+			l := gzipLayer(t, tarOf(t, tarHardlink(h.sentinel, up+strings.TrimPrefix(h.secret, "/"))))
+			return pushRaw(t, e.reg, "hostile/hardlink-up", []rawLayer{l}, nil), []string{blobOf(l), "hard link", `".." path component`}
+		}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			e.t = t
+			e.resetStore()
+			tmp := filepath.Join(e.dir, "tmp")
+			if err := os.MkdirAll(tmp, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			t.Setenv("TMPDIR", tmp)
+			arg, want := c.make(t, e, h)
+			before := e.snapshotOutsideStore(t)
+
+			s, r := e.summary(good.Ref, arg)
+			if r.code != 1 || len(s.Images) != 2 {
+				t.Fatalf("exit %d with %d images, want 1 with both images reported\n%s", r.code, len(s.Images), r.stderr)
+			}
+			if s.Images[0].Error != "" {
+				t.Errorf("the good image failed: %s", s.Images[0].Error)
+			}
+			msg := s.Images[1].Error
+			for _, w := range append([]string{arg}, want...) {
+				if !strings.Contains(msg, w) {
+					t.Errorf("the error does not say %q:\n%s", w, msg)
+				}
+			}
+			if strings.Contains(r.stderr, "retrying in") {
+				t.Errorf("herd retried a hostile input:\n%s", r.stderr)
+			}
+			e.verifyImage(good)
+			checkStore(t, e.store())
+			if images, err := e.store().Images(); err != nil || len(images) != 1 {
+				t.Errorf("the store holds %d images (%v), want only the good one", len(images), err)
+			}
+			after := e.snapshotOutsideStore(t)
+			for p, v := range after {
+				if before[p] != v {
+					t.Errorf("written outside the store: %s (%s, was %q)", p, v, before[p])
+				}
+			}
+			for p := range before {
+				if _, ok := after[p]; !ok {
+					t.Errorf("removed outside the store: %s", p)
+				}
+			}
+			// The sentinel is nowhere between the store and /.
+			for d := e.root; ; d = filepath.Dir(d) {
+				if _, err := os.Lstat(filepath.Join(d, h.sentinel)); err == nil {
+					t.Errorf("%s exists", filepath.Join(d, h.sentinel))
+				}
+				if d == "/" {
+					break
+				}
+			}
+		})
+	}
+}
+
+// Empty input is a usage error (exit 2) that says what is wrong, before
+// anything is pulled.
+func TestEmptyInput(t *testing.T) {
+	e := newEnv(t, testregistry.Options{})
+	good := e.push("good:1", testimage.Image{Layers: []testimage.Layer{ownLayer(94)}}, "gzip")
+	list := filepath.Join(e.dir, "images.txt")
+	write(t, list, "# nothing to pull today\n\n   \n")
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--file", list}, "no images to pull"},
+		{[]string{"--file", "-"}, "no images to pull"}, // empty standard input
+		{[]string{good.Ref, ""}, "argument 2 is an empty image reference"},
+		{[]string{"  "}, "argument 1 is an empty image reference"},
+	} {
+		r := e.herd(c.args...)
+		if r.code != 2 || !strings.Contains(r.stderr, c.want) {
+			t.Errorf("herd pull %q: exit %d, want 2 saying %q; stderr:\n%s", c.args, r.code, c.want, r.stderr)
+		}
+	}
+	if images, err := e.store().Images(); err != nil || len(images) != 0 {
+		t.Errorf("a usage error pulled %d images (%v)", len(images), err)
+	}
+}

@@ -1,0 +1,309 @@
+package tests
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/herd-project/herd/progress"
+	"github.com/herd-project/herd/tests/testimage"
+	"github.com/herd-project/herd/tests/testregistry"
+)
+
+// needTools returns the paths of tools a test needs (tool → Debian
+// package). Outside CI a missing tool skips the test; in CI it fails it.
+func needTools(t *testing.T, tools map[string]string) map[string]string {
+	t.Helper()
+	paths := map[string]string{}
+	for tool, pkg := range tools {
+		p, err := exec.LookPath(tool)
+		if err != nil {
+			if inCI {
+				t.Fatalf("CI must provide %s (apt package %s): %v", tool, pkg, err)
+			}
+			t.Skipf("%s not found (apt package %s); CI runs this test", tool, pkg)
+		}
+		paths[tool] = p
+	}
+	return paths
+}
+
+// needRoot skips (fails in CI) unless the test runs as root.
+func needRoot(t *testing.T, why string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		if inCI {
+			t.Fatalf("CI runs the tests as root, which %s needs", why)
+		}
+		t.Skipf("not root: %s needs root; CI runs this test", why)
+	}
+}
+
+// rootlessUserName is the unprivileged user the rootless test creates (once
+// per machine) and runs herd and podman as.
+const rootlessUserName = "herd-rootless"
+
+// unprivilegedUser is the rootless test user, created with a home
+// directory and subordinate uid and gid ranges if it does not exist yet.
+type unprivilegedUser struct {
+	uid, gid   int
+	home       string
+	runtimeDir string // its XDG_RUNTIME_DIR: there is no logind to make one
+}
+
+func newUnprivilegedUser(t *testing.T, tools map[string]string) *unprivilegedUser {
+	t.Helper()
+	u, err := user.Lookup(rootlessUserName)
+	if err != nil {
+		if out, err := exec.Command(tools["useradd"], "--create-home", "--shell", "/bin/sh", rootlessUserName).CombinedOutput(); err != nil {
+			t.Fatalf("useradd %s: %v\n%s", rootlessUserName, err, out)
+		}
+		if u, err = user.Lookup(rootlessUserName); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Debian's useradd allocates subordinate ranges itself (SUB_UID_COUNT
+	// in login.defs); elsewhere add 65536 after the highest range in use.
+	for _, f := range []struct{ file, flag string }{{"/etc/subuid", "--add-subuids"}, {"/etc/subgid", "--add-subgids"}} {
+		has, next := subordinateRanges(t, f.file, rootlessUserName)
+		if has {
+			continue
+		}
+		rng := fmt.Sprintf("%d-%d", next, next+65535)
+		if out, err := exec.Command(tools["usermod"], f.flag, rng, rootlessUserName).CombinedOutput(); err != nil {
+			t.Fatalf("usermod %s %s %s: %v\n%s", f.flag, rng, rootlessUserName, err, out)
+		}
+	}
+	uid, _ := strconv.Atoi(u.Uid)
+	gid, _ := strconv.Atoi(u.Gid)
+	ru := &unprivilegedUser{uid: uid, gid: gid, home: u.HomeDir}
+
+	runtimeDir, err := os.MkdirTemp("", "herd-rootless-run-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ru.runtimeDir = runtimeDir
+	if err := os.Chown(runtimeDir, uid, gid); err != nil {
+		t.Fatal(err)
+	}
+	// The store and configuration are the test's: start and end without them.
+	ru.clean(t)
+	t.Cleanup(func() {
+		ru.stopPause()
+		ru.clean(t)
+		os.RemoveAll(runtimeDir)
+	})
+	return ru
+}
+
+// subordinateRanges reports whether name has a range in file, and the
+// first id after every range there (at least 100000).
+func subordinateRanges(t *testing.T, file, name string) (has bool, next int) {
+	next = 100000
+	f, err := os.Open(file)
+	if os.IsNotExist(err) {
+		return false, next
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		parts := strings.Split(strings.TrimSpace(sc.Text()), ":")
+		if len(parts) != 3 {
+			continue
+		}
+		if parts[0] == name {
+			has = true
+		}
+		start, err1 := strconv.Atoi(parts[1])
+		count, err2 := strconv.Atoi(parts[2])
+		if err1 == nil && err2 == nil && start+count > next {
+			next = start + count
+		}
+	}
+	return has, next
+}
+
+func (u *unprivilegedUser) clean(t *testing.T) {
+	for _, d := range []string{".local/share/containers", ".config/containers", ".cache/containers"} {
+		if err := os.RemoveAll(filepath.Join(u.home, d)); err != nil {
+			t.Errorf("cleaning the rootless user's %s: %v", d, err)
+		}
+	}
+}
+
+// stopPause ends the pause process rootless podman leaves behind to keep
+// its user namespace, found by the pid it records.
+func (u *unprivilegedUser) stopPause() {
+	b, err := os.ReadFile(filepath.Join(u.runtimeDir, "libpod", "tmp", "pause.pid"))
+	if err != nil {
+		return
+	}
+	if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && pid > 1 {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
+}
+
+// write writes a file the user owns (and the directories to it under home).
+func (u *unprivilegedUser) write(t *testing.T, rel, content string) {
+	t.Helper()
+	path := filepath.Join(u.home, rel)
+	write(t, path, content)
+	for p := path; p != u.home && strings.HasPrefix(p, u.home); p = filepath.Dir(p) {
+		if err := os.Chown(p, u.uid, u.gid); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// command runs name as the user, in its home, with a login-like environment.
+func (u *unprivilegedUser) command(name string, stdin string, extraEnv []string, args ...string) *exec.Cmd {
+	c := exec.Command(name, args...)
+	c.Dir = u.home
+	c.Env = append([]string{
+		"HOME=" + u.home, "USER=" + rootlessUserName, "LOGNAME=" + rootlessUserName,
+		"PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
+		"XDG_RUNTIME_DIR=" + u.runtimeDir,
+	}, extraEnv...)
+	c.Stdin = strings.NewReader(stdin)
+	c.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(u.uid), Gid: uint32(u.gid), Groups: []uint32{}}}
+	return c
+}
+
+// herdBinary copies the test binary (herd when HERD_TEST_AS_HERD=1) to a
+// directory every user can read, as the test binary's own is not.
+func herdBinary(t *testing.T) string {
+	t.Helper()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, err := os.MkdirTemp("", "herd-bin-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	src, err := os.Open(self)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	bin := filepath.Join(dir, "herd")
+	dst, err := os.OpenFile(bin, os.O_CREATE|os.O_WRONLY, 0o755)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.Copy(dst, src); err != nil {
+		t.Fatal(err)
+	}
+	if err := dst.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return bin
+}
+
+// Issue 5, test 7: an unprivileged user with subordinate ids runs herd with
+// no store flags. herd re-executes itself in a user namespace as podman
+// does, reads the user's registries.conf and policy.json, reads the image
+// list from standard input (read by the re-executed herd), and pulls into
+// the user's default store with native overlay; podman, run as that user,
+// lists the image.
+func TestRootlessPull(t *testing.T) {
+	needRoot(t, "creating the unprivileged user")
+	tools := needTools(t, map[string]string{
+		"podman": "podman", "newuidmap": "uidmap", "newgidmap": "uidmap",
+		"useradd": "passwd", "usermod": "passwd",
+	})
+	u := newUnprivilegedUser(t, tools)
+	e := newEnv(t, testregistry.Options{})
+	img := e.push("rootless/app:1", testimage.Image{Layers: []testimage.Layer{baseLayer, ownLayer(561)}}, "gzip")
+	u.write(t, ".config/containers/registries.conf", fmt.Sprintf("[[registry]]\nlocation = %q\ninsecure = true\n", e.reg.Host))
+	u.write(t, ".config/containers/policy.json", `{"default": [{"type": "insecureAcceptAnything"}]}`)
+
+	c := u.command(herdBinary(t), img.Ref+"\n", []string{asHerdEnv + "=1"}, "pull", "--format", "json", "--file", "-")
+	var stdout, stderr bytes.Buffer
+	c.Stdout, c.Stderr = &stdout, &stderr
+	if err := c.Run(); err != nil {
+		t.Fatalf("herd pull as %s: %v\nstderr:\n%s", rootlessUserName, err, stderr.String())
+	}
+	var s progress.Summary
+	if err := json.Unmarshal(stdout.Bytes(), &s); err != nil {
+		t.Fatalf("summary: %v\n%s", err, stdout.String())
+	}
+	if len(s.Images) != 1 || s.Images[0].ImageID != img.ConfigDigest.Encoded() {
+		t.Fatalf("rootless herd pulled %+v, want %s with ID %s", s.Images, img.Ref, img.ConfigDigest.Encoded())
+	}
+	if n := e.layerBytes(img); n == 0 {
+		t.Error("the registry served no layer bytes to the rootless pull")
+	}
+
+	// The default rootless store, on overlay. No storage.conf exists, so no
+	// mount_program (fuse-overlayfs) is configured: the overlay driver
+	// mounted natively in the user namespace, or it would have failed.
+	graphRoot := filepath.Join(u.home, ".local/share/containers/storage")
+	images, err := os.ReadFile(filepath.Join(graphRoot, "overlay-images", "images.json"))
+	if err != nil {
+		t.Fatalf("no overlay image store at the rootless default %s: %v", graphRoot, err)
+	}
+	if !bytes.Contains(images, []byte(img.ConfigDigest.Encoded())) {
+		t.Errorf("%s/overlay-images/images.json does not list image %s", graphRoot, img.ConfigDigest.Encoded())
+	}
+	// Files that root wrote in the user namespace belong to the user outside it.
+	layerDirs, _ := filepath.Glob(filepath.Join(graphRoot, "overlay", "*", "diff"))
+	if len(layerDirs) != len(img.Layers) {
+		t.Errorf("%d layer directories in the rootless store, want %d", len(layerDirs), len(img.Layers))
+	}
+	for _, d := range layerDirs {
+		if fi, err := os.Stat(d); err == nil && fi.Sys().(*syscall.Stat_t).Uid != uint32(u.uid) {
+			t.Errorf("%s is owned by uid %d, want the user's %d (root in its namespace)", d, fi.Sys().(*syscall.Stat_t).Uid, u.uid)
+		}
+	}
+
+	// Debian 12's podman (containers/storage 1.43) picks vfs for a rootless
+	// user without storage.conf, where herd's containers/storage picks
+	// native overlay: the user's storage.conf makes podman use the same
+	// store, as the README says.
+	u.write(t, ".config/containers/storage.conf", "[storage]\ndriver = \"overlay\"\n")
+	info := u.command(tools["podman"], "", nil, "info", "--format", "{{.Store.GraphDriverName}} {{.Store.GraphRoot}} {{json .Store.GraphOptions}}")
+	var infoErr bytes.Buffer
+	info.Stderr = &infoErr
+	out, err := info.Output()
+	if err != nil {
+		t.Fatalf("podman info as %s: %v\n%s", rootlessUserName, err, infoErr.String())
+	}
+	t.Logf("podman's rootless store: %s", out)
+	if !strings.HasPrefix(string(out), "overlay "+graphRoot+" ") {
+		t.Errorf("podman's rootless store is %q, want overlay at %s", out, graphRoot)
+	}
+
+	list := u.command(tools["podman"], "", nil, "images", "--format", "json")
+	out, err = list.Output()
+	if err != nil {
+		t.Fatalf("podman images as %s: %v", rootlessUserName, err)
+	}
+	var listed []struct {
+		ID    string `json:"Id"`
+		Names []string
+	}
+	if err := json.Unmarshal(out, &listed); err != nil {
+		t.Fatalf("podman images: %v\n%s", err, out)
+	}
+	if len(listed) != 1 || listed[0].ID != img.ConfigDigest.Encoded() || !containsAll(listed[0].Names, img.Ref) {
+		t.Errorf("podman images as %s lists %+v, want %s named %s", rootlessUserName, listed, img.ConfigDigest.Encoded(), img.Ref)
+	}
+}
