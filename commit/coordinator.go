@@ -105,9 +105,10 @@ type Coordinator struct {
 type flight struct {
 	owner *Pull
 	done  chan struct{}
-	// committed is set before done is closed when a layer made from the blob
-	// was committed; otherwise the owner gave it up.
-	committed bool
+	// outcome is set before done is closed: "committed" when a pull of this
+	// run committed a layer made from the blob, "reused" when the owner found
+	// the layer already in the store, "abandoned" when the owner gave it up.
+	outcome string
 }
 
 // NewCoordinator returns a coordinator for one run.
@@ -154,7 +155,8 @@ type WaitEvent struct {
 	Blob  digest.Digest
 	Owner string // the other pull's name
 	// Outcome is how the wait ended: "committed" (the layer is in the store
-	// now), "abandoned" (the owner gave up; this pull fetches it), "stalled"
+	// now), "reused" (it was in the store already, found under another
+	// digest), "abandoned" (the owner gave up; this pull fetches it), "stalled"
 	// or "cancelled".
 	Outcome string
 	Waited  time.Duration
@@ -232,7 +234,7 @@ func (p *Pull) Done() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for blob, f := range p.claims {
-		p.c.endFlightLocked(blob, f, false)
+		p.c.endFlightLocked(blob, f, "abandoned")
 	}
 	p.claims = map[digest.Digest]*flight{}
 }
@@ -248,18 +250,18 @@ func (p *Pull) Reused(blob digest.Digest) {
 	defer p.mu.Unlock()
 	if f := p.claims[blob]; f != nil {
 		delete(p.claims, blob)
-		p.c.endFlightLocked(blob, f, true)
+		p.c.endFlightLocked(blob, f, "reused")
 	}
 }
 
 // endFlightLocked closes f if it is still the current flight for blob.
 // c.mu must be held.
-func (c *Coordinator) endFlightLocked(blob digest.Digest, f *flight, committed bool) {
+func (c *Coordinator) endFlightLocked(blob digest.Digest, f *flight, outcome string) {
 	if c.flights[blob] != f {
 		return
 	}
 	delete(c.flights, blob)
-	f.committed = committed
+	f.outcome = outcome
 	close(f.done)
 }
 
@@ -272,7 +274,7 @@ func (c *Coordinator) committed(blob digest.Digest) {
 		f.owner.mu.Lock()
 		delete(f.owner.claims, blob)
 		f.owner.mu.Unlock()
-		c.endFlightLocked(blob, f, true)
+		c.endFlightLocked(blob, f, "committed")
 	}
 }
 
@@ -315,7 +317,7 @@ func (p *Pull) claimOrWait(blob digest.Digest, below []digest.Digest) decision {
 			// Another pull fetches a lower layer: let it commit that first,
 			// then decide again from the start (c.mu is released).
 			switch p.wait(b, f) {
-			case "committed", "abandoned":
+			case "committed", "reused", "abandoned":
 				return claimAgain
 			default: // stalled or cancelled: stop waiting, fetch it
 				return fetchIt
@@ -333,7 +335,7 @@ func (p *Pull) claimOrWait(blob digest.Digest, below []digest.Digest) decision {
 		return fetchIt
 	}
 	switch p.wait(blob, f) {
-	case "committed":
+	case "committed", "reused":
 		return lookAgain
 	case "abandoned":
 		return claimAgain
@@ -384,10 +386,7 @@ func (p *Pull) await(blob digest.Digest, f *flight) string {
 	for {
 		select {
 		case <-f.done:
-			if f.committed {
-				return "committed"
-			}
-			return "abandoned"
+			return f.outcome
 		case <-p.ctx.Done():
 			return "cancelled"
 		case <-tick.C:

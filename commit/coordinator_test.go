@@ -92,6 +92,11 @@ func TestOwnerReusingEndsItsClaim(t *testing.T) {
 	if d := <-got; d != lookAgain {
 		t.Fatalf("after the owner reused the blob: %v, want lookAgain", d)
 	}
+	// The layer was in the store all along (under another digest): b reuses
+	// it too, and obtained nothing by waiting.
+	if b.Waited(blobX) {
+		t.Error("b reports it obtained by waiting a layer the store already had")
+	}
 }
 
 // Two pulls that each own what the other wants: the second wait would close
