@@ -295,8 +295,8 @@ type decision int
 
 const (
 	fetchIt    decision = iota // claimed, our own flight, or waiting is unsafe or gave up
-	lookAgain                  // another pull committed it: the store has it now
-	claimAgain                 // the owner gave up: look again, then claim
+	lookAgain                  // another pull committed it, or found it stored: look it up
+	claimAgain                 // the owner gave up, or a lower layer was decided: decide again
 )
 
 // claimOrWait implements invariants 1, 3, 5 and 6 for one missed lookup of
