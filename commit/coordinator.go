@@ -56,7 +56,10 @@
 //     So when a lookup misses, the layers below it that this pull has not
 //     looked up yet, and that the store does not have, are decided first,
 //     on their behalf: claimed if nobody fetches them, waited for if another
-//     pull does. Their goroutines already hold their slots (copyLayers
+//     pull does. This is skipped when no other image of the run needs the
+//     blob looked up (an image's own top layer): nobody will wait for it,
+//     so claiming it closes no cycle, and its fetch should not wait for
+//     lower layers. Their goroutines already hold their slots (copyLayers
 //     acquires in layer order, and a layer keeps its slot until its lookup
 //     and copy are over), so these claims keep invariants 1 and 4. With
 //     shared layers in the same order in every image, as base images give,
@@ -98,6 +101,7 @@ type Coordinator struct {
 	tocToBlob map[digest.Digest]digest.Digest // zstd:chunked TOC digest → compressed blob digest
 	blobToTOC map[digest.Digest]digest.Digest // and back
 	waitsFor  map[*Pull]map[*Pull]int         // waiter → owner → number of waits
+	needs     map[digest.Digest]int           // how many images of the run have each blob
 
 	lastRead atomic.Int64 // unix nanoseconds of the last byte read by any pull
 }
@@ -119,6 +123,7 @@ func NewCoordinator() *Coordinator {
 		tocToBlob:    map[digest.Digest]digest.Digest{},
 		blobToTOC:    map[digest.Digest]digest.Digest{},
 		waitsFor:     map[*Pull]map[*Pull]int{},
+		needs:        map[digest.Digest]int{},
 	}
 	c.Progressed()
 	return c
@@ -148,6 +153,22 @@ func (c *Coordinator) LinkTOC(toc, blob digest.Digest) {
 	defer c.mu.Unlock()
 	c.tocToBlob[toc] = blob
 	c.blobToTOC[blob] = toc
+}
+
+// Need records that one image of the run has blob among its layers. The
+// pull engine calls it once per image and distinct layer blob, before the
+// pulls start (invariant 6).
+func (c *Coordinator) Need(blob digest.Digest) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.needs[blob]++
+}
+
+// shared reports whether more than one image of the run needs blob.
+func (c *Coordinator) shared(blob digest.Digest) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.needs[blob] > 1
 }
 
 // WaitEvent tells an observer that a pull waited for another pull's blob.

@@ -41,9 +41,11 @@ func (s *Store) LayersByCompressedDigest(d digest.Digest) ([]storage.Layer, erro
 			return layers, err
 		}
 		var missing []digest.Digest
-		for _, b := range below {
-			if !s.has(b) {
-				missing = append(missing, b)
+		if s.pull.c.shared(d) { // invariant 6 does not apply to a blob only this image needs
+			for _, b := range below {
+				if !s.has(b) {
+					missing = append(missing, b)
+				}
 			}
 		}
 		switch s.pull.claimOrWait(d, missing) {

@@ -85,9 +85,14 @@ func Run(ctx context.Context, inputs []string, opts Options) []*Result {
 		if t == nil {
 			continue
 		}
+		needed := map[digest.Digest]bool{}
 		for _, l := range t.layers {
 			if toc := tocDigest(l); toc != "" {
 				coord.LinkTOC(toc, l.Digest)
+			}
+			if !needed[l.Digest] {
+				needed[l.Digest] = true
+				coord.Need(l.Digest)
 			}
 		}
 	}
