@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -344,4 +345,23 @@ func servedOnceBound(compression string, size int64) int64 {
 		return size + size/10 + 4096
 	}
 	return size
+}
+
+// holdBlob makes the registry keep every request for blob open, sending
+// nothing, until the client gives up on it; the channel it returns receives
+// when the first such request arrives.
+func (e *env) holdBlob(blob digest.Digest) <-chan struct{} {
+	requested := make(chan struct{}, 1)
+	e.reg.SetBlobHook(func(w http.ResponseWriter, req *http.Request, d digest.Digest) bool {
+		if d != blob {
+			return false
+		}
+		select {
+		case requested <- struct{}{}:
+		default:
+		}
+		<-req.Context().Done()
+		return true
+	})
+	return requested
 }

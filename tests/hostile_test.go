@@ -33,31 +33,9 @@ import (
 // putBlobRaw uploads data to repo (monolithic POST + PUT upload).
 func putBlobRaw(t *testing.T, reg *testregistry.Registry, repo string, data []byte) digest.Digest {
 	t.Helper()
-	resp, err := http.Post(reg.URL+"/v2/"+repo+"/blobs/uploads/", "", nil)
+	d, err := reg.PutBlob(repo, data)
 	if err != nil {
 		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusAccepted {
-		t.Fatalf("starting an upload to %s: %s", repo, resp.Status)
-	}
-	loc, err := resp.Location()
-	if err != nil {
-		t.Fatal(err)
-	}
-	d := digest.FromBytes(data)
-	q := loc.Query()
-	q.Set("digest", d.String())
-	loc.RawQuery = q.Encode()
-	req, _ := http.NewRequest(http.MethodPut, loc.String(), bytes.NewReader(data))
-	req.Header.Set("Content-Type", "application/octet-stream")
-	resp, err = http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusCreated {
-		t.Fatalf("finishing an upload to %s: %s", repo, resp.Status)
 	}
 	return d
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"math/rand"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -307,18 +306,7 @@ func TestSignalCancelsCleansUpAndResumes(t *testing.T) {
 			done := e.push("sig-done:1", testimage.Image{Layers: []testimage.Layer{ownLayer(71)}}, "gzip")
 			held := e.push("sig-held:1", testimage.Image{Layers: []testimage.Layer{baseLayer, midLayer, ownLayer(72)}}, "gzip")
 			top := held.Layers[2].Digest
-			requested := make(chan struct{}, 1)
-			e.reg.SetBlobHook(func(w http.ResponseWriter, req *http.Request, d digest.Digest) bool {
-				if d != top {
-					return false
-				}
-				select {
-				case requested <- struct{}{}:
-				default:
-				}
-				<-req.Context().Done() // until herd gives up on it
-				return true
-			})
+			requested := e.holdBlob(top)
 			tmp := t.TempDir()
 			p := e.startHerd(tmp, done.Ref, held.Ref)
 			select {

@@ -8,7 +8,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"net/http"
 	"os"
 	"os/exec"
 	"regexp"
@@ -20,7 +19,6 @@ import (
 
 	"github.com/creack/pty"
 	"github.com/hinshun/vt10x"
-	digest "github.com/opencontainers/go-digest"
 
 	"github.com/herd-project/herd/progress"
 	"github.com/herd-project/herd/tests/testimage"
@@ -292,18 +290,7 @@ func TestTerminalInterrupted(t *testing.T) {
 			e := newEnv(t, testregistry.Options{})
 			done := e.push("tty-done:1", testimage.Image{Layers: []testimage.Layer{ownLayer(61)}}, "gzip")
 			held := e.push("tty-held:1", testimage.Image{Layers: []testimage.Layer{ownLayer(62)}}, "gzip")
-			requested := make(chan struct{}, 1)
-			e.reg.SetBlobHook(func(w http.ResponseWriter, req *http.Request, d digest.Digest) bool {
-				if d != held.Layers[0].Digest {
-					return false
-				}
-				select {
-				case requested <- struct{}{}:
-				default:
-				}
-				<-req.Context().Done() // until herd gives up on it
-				return true
-			})
+			requested := e.holdBlob(held.Layers[0].Digest)
 			const cols, rows = 80, 30
 			h := e.startOnTerminal(cols, rows, done.Ref, held.Ref)
 			select {

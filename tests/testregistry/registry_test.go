@@ -18,31 +18,9 @@ import (
 // upload of the distribution API.
 func putBlob(t *testing.T, r *Registry, repo string, data []byte) digest.Digest {
 	t.Helper()
-	resp, err := http.Post(r.URL+"/v2/"+repo+"/blobs/uploads/", "", nil)
+	d, err := r.PutBlob(repo, data)
 	if err != nil {
 		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusAccepted {
-		t.Fatalf("starting upload: %s", resp.Status)
-	}
-	loc, err := resp.Location()
-	if err != nil {
-		t.Fatal(err)
-	}
-	d := digest.FromBytes(data)
-	q := loc.Query()
-	q.Set("digest", d.String())
-	loc.RawQuery = q.Encode()
-	req, _ := http.NewRequest(http.MethodPut, loc.String(), bytes.NewReader(data))
-	req.Header.Set("Content-Type", "application/octet-stream")
-	resp, err = http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusCreated {
-		t.Fatalf("finishing upload: %s", resp.Status)
 	}
 	return d
 }
