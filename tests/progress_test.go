@@ -298,10 +298,12 @@ func TestTerminalInterrupted(t *testing.T) {
 			case <-time.After(60 * time.Second):
 				t.Fatal("the held blob was never requested")
 			}
-			// Signal once the finished image's line is on the terminal.
+			// Signal once the finished image's line, "done <short ID>", is on
+			// the terminal (the total line's "N/M done" is there from the start).
+			finished := "done " + done.ConfigDigest.Encoded()[:12]
 			for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
 				h.mu.Lock()
-				shown := strings.Contains(h.raw.String(), " done ")
+				shown := strings.Contains(h.raw.String(), finished)
 				h.mu.Unlock()
 				if shown {
 					break
