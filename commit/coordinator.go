@@ -19,35 +19,48 @@
 //     a flight) when its own lookup misses and nobody else holds a flight, so
 //     the claim is made by the goroutine that goes on to fetch it, while it
 //     holds a slot of the shared semaphore.
-//  2. A flight ends (its done channel is closed) exactly once: when any pull
-//     commits a layer made from that blob (matched by compressed digest, or by
-//     TOC digest for zstd:chunked partial pulls); when its owner turns out to
-//     reuse the blob after all (Pull.Reused: its compressed-digest lookup
-//     missed, but a TOC or DiffID lookup that follows found the layer); or
-//     when its owner finishes, fails or is cancelled (Pull.Done). Waiters then
-//     look the layer up again; if it is still missing they claim it.
-//     A flight must never outlive its owner's fetch: an owner that is not
-//     fetching may need a new semaphore slot, and waiters may hold them all.
+//  2. A flight ends (its done channel is closed) exactly once, on a signal
+//     herd observes with certainty, never on a clock:
+//     - Committed: any pull commits a layer made from the blob (PutLayer,
+//     matched by compressed digest, or ApplyStagedLayer, matched by TOC
+//     digest for zstd:chunked partial pulls);
+//     - OwnerReused: the owner turns out to reuse the blob after all
+//     (Pull.Reused: its compressed-digest lookup missed, but a TOC or
+//     DiffID lookup that follows found the layer);
+//     - InStore: containers/image finished one of the owner's layers (a
+//     "done" or "skipped" event, Pull.LayerEnded) and the store now has a
+//     layer that a lookup of the blob finds (reusable): containers/image
+//     commits a layer without PutLayer when one with the same chain ID
+//     already exists (made from another compression of the same content,
+//     by podman load, by a local build), and every commit happens inside
+//     the call that precedes such an event;
+//     - OwnerFailed: the owner's copy.Image returned without committing the
+//     blob (Pull.Done), whatever the reason: its fetch failed, a lower
+//     layer failed, it was abandoned as stalled, or it was cancelled.
+//     Waiters then look the layer up again; if it is still missing they
+//     claim it. A flight must never outlive its owner's fetch: an owner that
+//     is not fetching may need a new semaphore slot, and waiters may hold
+//     them all.
 //  3. Waiting never forms a cycle. containers/image holds the waiting image's
 //     destination lock while it asks the store, so a waiting pull cannot
 //     commit anything until its wait ends. A pull therefore waits for another
 //     only if the owner does not, directly or through other waits, already
 //     wait for it (checked on the pull-level wait graph under one mutex).
 //     Otherwise it fetches the blob itself: a duplicate fetch, never a hang.
-//  4. Waits need no new semaphore slot to end: the owner claimed while holding
-//     a slot for that layer, and containers/image acquired the slots of every
-//     lower layer of the owner's image before it (copyLayers acquires in
-//     layer order), so the owner can finish and commit without a new slot.
-//     Invariant 2 alone does not guarantee this: when another process (a
-//     second herd, podman) commits the same layer first, containers/image
-//     reuses that layer by chain ID and never calls PutLayer, so the flight
-//     lasts until its owner is done, and containers/image takes a slot for
-//     the owner's config copy. Waiters therefore also poll the store (5).
-//  5. Every wait is bounded: it ends when the flight ends, when the store
-//     has a layer of the blob (polled every second: another process may
-//     have committed it), when the waiting pull is cancelled, or when
-//     nothing in the whole run has read a byte for StallTimeout (then the
-//     waiter fetches the blob itself).
+//  4. Waits need no new semaphore slot to end when the owner succeeds: the
+//     owner claimed while holding a slot for that layer, and containers/image
+//     acquired the slots of every lower layer of the owner's image before it
+//     (copyLayers acquires in layer order), so the owner can finish and
+//     commit without a new slot, and the event that ends the flight (2)
+//     follows. When the owner fails, the flight ends when its copy.Image
+//     returns, which needs slots for the owner's upper layers; the owner's
+//     own progress rule (pull's watchdog) bounds that, not the waiter.
+//  5. A wait has no clock of its own. It ends when the flight ends (2), when
+//     the waiting pull is cancelled, or when the store has a layer a lookup
+//     of the blob finds (checked every second as well: another process, a
+//     second herd or podman, may have committed it; that is the only
+//     polling, and it ends a wait only with InStore). A stuck owner costs a
+//     waiter what the owner's own stall rule allows, no more.
 //  6. A pull decides about its layers in layer order. containers/image runs
 //     every layer of an image in its own goroutine, so the lookup of layer 2
 //     may come before that of layer 1. If it claimed layer 2 while another
@@ -68,33 +81,57 @@
 //
 // Waits happen only in LayersByCompressedDigest, the lookup every
 // TryReusingBlobWithOptions makes before any TOC- or DiffID-based lookup,
-// so one wait point serves gzip, zstd and zstd:chunked alike. A partially
-// pulled layer has no compressed digest, so before claiming a blob the Store
-// also asks by the blob's TOC digest (known from the manifests, LinkTOC):
-// if that layer exists, containers/image will find it next, and there is
-// nothing to claim.
+// so one wait point serves gzip, zstd and zstd:chunked alike. Before
+// claiming a blob the Store asks whether a lookup would find its layer some
+// other way (reusable: by TOC digest for a partially pulled layer, or by
+// the DiffID that the shared blob-info cache records for the blob): if so,
+// containers/image finds it next, and there is nothing to claim.
 package commit
 
 import (
 	"context"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	digest "github.com/opencontainers/go-digest"
 )
 
-// DefaultStallTimeout is how long a waiting pull tolerates a run in which no
-// pull reads a single byte before it stops waiting and fetches the blob
-// itself. Long enough for a slow commit of a large layer, short enough that
-// a stuck owner costs a user less than a minute.
-const DefaultStallTimeout = 60 * time.Second
+// WaitEnd says how a wait for another pull's blob ended (invariant 2).
+type WaitEnd string
+
+const (
+	// Committed: a pull of this run committed a layer made from the blob.
+	Committed WaitEnd = "committed"
+	// OwnerReused: the owner found the layer already in the store, under
+	// another digest (the same content pulled earlier in another compression).
+	OwnerReused WaitEnd = "reused"
+	// InStore: the store has a layer the waiter can reuse, though no pull of
+	// this run committed one from this blob: the owner's containers/image
+	// used an existing layer with the same content, or another process
+	// committed it.
+	InStore WaitEnd = "store"
+	// OwnerFailed: the owner's pull ended without the layer; the waiter
+	// fetches the blob itself.
+	OwnerFailed WaitEnd = "owner-failed"
+	// Cancelled: the waiting pull was cancelled.
+	Cancelled WaitEnd = "cancelled"
+)
+
+// storePollInterval is how often a waiting pull asks the store whether
+// another process committed the layer it waits for (invariant 5).
+const storePollInterval = time.Second
+
+// DiffIDs is the part of containers/image's blob-info cache the Coordinator
+// reads: the DiffID recorded for a blob once some pull has fetched it
+// (types.BlobInfoCache satisfies it).
+type DiffIDs interface {
+	UncompressedDigest(blob digest.Digest) digest.Digest
+}
 
 // Coordinator is shared by all pulls of one run. The zero value is not
 // usable; call NewCoordinator.
 type Coordinator struct {
-	// StallTimeout bounds waits; see invariant 5. Set before the first pull.
-	StallTimeout time.Duration
+	diffIDs DiffIDs // may be nil: no DiffID lookups
 
 	mu        sync.Mutex
 	flights   map[digest.Digest]*flight       // by compressed blob digest
@@ -102,47 +139,27 @@ type Coordinator struct {
 	blobToTOC map[digest.Digest]digest.Digest // and back
 	waitsFor  map[*Pull]map[*Pull]int         // waiter → owner → number of waits
 	needs     map[digest.Digest]int           // how many images of the run have each blob
-
-	lastRead atomic.Int64 // unix nanoseconds of the last byte read by any pull
 }
 
 type flight struct {
 	owner *Pull
 	done  chan struct{}
-	// outcome is set before done is closed: "committed" when a pull of this
-	// run committed a layer made from the blob, "reused" when the owner found
-	// the layer already in the store, "abandoned" when the owner gave it up.
-	outcome string
+	end   WaitEnd // set before done is closed
 }
 
-// NewCoordinator returns a coordinator for one run.
-func NewCoordinator() *Coordinator {
-	c := &Coordinator{
-		StallTimeout: DefaultStallTimeout,
-		flights:      map[digest.Digest]*flight{},
-		tocToBlob:    map[digest.Digest]digest.Digest{},
-		blobToTOC:    map[digest.Digest]digest.Digest{},
-		waitsFor:     map[*Pull]map[*Pull]int{},
-		needs:        map[digest.Digest]int{},
+// NewCoordinator returns a coordinator for one run. diffIDs is the blob-info
+// cache the run's copy.Image calls share (the same BlobInfoCacheDir), so that
+// a wait ends as soon as the layer can be reused by DiffID; nil disables
+// that (invariant 2, InStore, then relies on compressed and TOC digests).
+func NewCoordinator(diffIDs DiffIDs) *Coordinator {
+	return &Coordinator{
+		diffIDs:   diffIDs,
+		flights:   map[digest.Digest]*flight{},
+		tocToBlob: map[digest.Digest]digest.Digest{},
+		blobToTOC: map[digest.Digest]digest.Digest{},
+		waitsFor:  map[*Pull]map[*Pull]int{},
+		needs:     map[digest.Digest]int{},
 	}
-	c.Progressed()
-	return c
-}
-
-// Progressed records that some pull read bytes just now. The pull engine
-// calls it for every progress event, so that waits end only when the whole
-// run has stalled (invariant 5).
-func (c *Coordinator) Progressed() {
-	c.lastRead.Store(time.Now().UnixNano())
-}
-
-func (c *Coordinator) stalled() bool {
-	return c.SinceProgress() > c.StallTimeout
-}
-
-// SinceProgress is how long ago any pull of the run last progressed.
-func (c *Coordinator) SinceProgress() time.Duration {
-	return time.Since(time.Unix(0, c.lastRead.Load()))
 }
 
 // LinkTOC records that a zstd:chunked blob has the given TOC digest, so that
@@ -174,39 +191,41 @@ func (c *Coordinator) shared(blob digest.Digest) bool {
 // WaitEvent tells an observer that a pull waited for another pull's blob.
 type WaitEvent struct {
 	Blob  digest.Digest
-	Owner string // the other pull's name
-	// Outcome is how the wait ended: "committed" (the layer is in the store
-	// now), "reused" (it was in the store already, found under another
-	// digest), "abandoned" (the owner gave up; this pull fetches it), "stalled"
-	// or "cancelled".
-	Outcome string
-	Waited  time.Duration
+	Owner string  // the other pull's name
+	End   WaitEnd // "" when the wait starts
+	// Waited is how long the wait lasted (when End is set).
+	Waited time.Duration
 }
 
 // Pull is one image's view of the run. Create it with NewPull, give
-// Store(...) to containers/image as that image's store, and call Done when
-// the image's copy.Image returns.
+// Store(...) to containers/image as that image's store, call LayerEnded for
+// every layer containers/image reports done or skipped, and Done when the
+// image's copy.Image returns.
 type Pull struct {
 	c    *Coordinator
 	ctx  context.Context
 	name string
-	// OnWait, if set, is called when a wait starts (Outcome "") and when it
+	// OnWait, if set, is called when a wait starts (End "") and when it
 	// ends, from the goroutine that waits.
 	OnWait func(WaitEvent)
+	// OnCommitStart, if set, is called with the blob digest of every layer
+	// this pull starts committing: its fetch is over (the pull engine's
+	// stall watchdog stops timing it).
+	OnCommitStart func(blob digest.Digest)
 	// OnCommit, if set, is called with the blob digest of every layer this
 	// pull commits and whether it was a partial pull.
 	OnCommit func(blob digest.Digest, partial bool)
 
-	// inStore reports whether the shared store has a layer of blob; set by
-	// Store, polled by waits (invariant 5).
-	inStore func(blob digest.Digest) bool
+	// reusable reports whether a lookup of blob in the shared store finds a
+	// layer; set by Store (invariants 2 and 5).
+	reusable func(blob digest.Digest) bool
 
 	layers []digest.Digest // the image's layer blobs, lowest first
 
-	mu     sync.Mutex
-	claims map[digest.Digest]*flight
-	waited map[digest.Digest]bool
-	looked map[digest.Digest]bool // layers decided by or for their own lookup (invariant 6)
+	mu       sync.Mutex
+	claims   map[digest.Digest]*flight
+	waitEnds map[digest.Digest]WaitEnd // how the last wait for each blob ended
+	looked   map[digest.Digest]bool    // layers decided by or for their own lookup (invariant 6)
 }
 
 // NewPull registers one image's pull. layers are the compressed digests of
@@ -215,9 +234,9 @@ type Pull struct {
 func (c *Coordinator) NewPull(ctx context.Context, name string, layers []digest.Digest) *Pull {
 	return &Pull{
 		c: c, ctx: ctx, name: name, layers: layers,
-		claims: map[digest.Digest]*flight{},
-		waited: map[digest.Digest]bool{},
-		looked: map[digest.Digest]bool{},
+		claims:   map[digest.Digest]*flight{},
+		waitEnds: map[digest.Digest]WaitEnd{},
+		looked:   map[digest.Digest]bool{},
 	}
 }
 
@@ -240,22 +259,34 @@ func (p *Pull) lookingUp(blob digest.Digest) []digest.Digest {
 	return nil // not one of the manifest's layers: nothing is known below it
 }
 
-// Waited reports whether this pull obtained blob by waiting for another pull.
-func (p *Pull) Waited(blob digest.Digest) bool {
+// WaitEnded says how this pull's last wait for blob ended, "" if it never
+// waited for it.
+func (p *Pull) WaitEnded(blob digest.Digest) WaitEnd {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.waited[blob]
+	return p.waitEnds[blob]
 }
 
-// Done ends every flight the pull still owns (invariant 2). Call it exactly
-// once, after copy.Image returns, whatever it returned.
+// Waited reports whether this pull obtained blob by waiting for another
+// pull's fetch of it (and not by fetching it, or because the owner found it
+// in the store already).
+func (p *Pull) Waited(blob digest.Digest) bool {
+	switch p.WaitEnded(blob) {
+	case Committed, InStore:
+		return true
+	}
+	return false
+}
+
+// Done ends every flight the pull still owns (invariant 2, OwnerFailed).
+// Call it exactly once, after copy.Image returns, whatever it returned.
 func (p *Pull) Done() {
 	p.c.mu.Lock()
 	defer p.c.mu.Unlock()
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for blob, f := range p.claims {
-		p.c.endFlightLocked(blob, f, "abandoned")
+		p.c.endFlightLocked(blob, f, OwnerFailed)
 	}
 	p.claims = map[digest.Digest]*flight{}
 }
@@ -271,18 +302,45 @@ func (p *Pull) Reused(blob digest.Digest) {
 	defer p.mu.Unlock()
 	if f := p.claims[blob]; f != nil {
 		delete(p.claims, blob)
-		p.c.endFlightLocked(blob, f, "reused")
+		p.c.endFlightLocked(blob, f, OwnerReused)
+	}
+}
+
+// LayerEnded ends each flight this pull owns whose layer a lookup now finds
+// in the store (invariant 2, InStore). The pull engine calls it after every
+// "done" or "skipped" event of this pull: containers/image commits layers
+// only inside the calls that precede those events, sometimes without
+// PutLayer.
+func (p *Pull) LayerEnded() {
+	p.mu.Lock()
+	var blobs []digest.Digest
+	for blob := range p.claims {
+		blobs = append(blobs, blob)
+	}
+	p.mu.Unlock()
+	for _, blob := range blobs {
+		if p.reusable == nil || !p.reusable(blob) { // store lookups, outside the locks
+			continue
+		}
+		p.c.mu.Lock()
+		p.mu.Lock()
+		if f := p.claims[blob]; f != nil {
+			delete(p.claims, blob)
+			p.c.endFlightLocked(blob, f, InStore)
+		}
+		p.mu.Unlock()
+		p.c.mu.Unlock()
 	}
 }
 
 // endFlightLocked closes f if it is still the current flight for blob.
 // c.mu must be held.
-func (c *Coordinator) endFlightLocked(blob digest.Digest, f *flight, outcome string) {
+func (c *Coordinator) endFlightLocked(blob digest.Digest, f *flight, end WaitEnd) {
 	if c.flights[blob] != f {
 		return
 	}
 	delete(c.flights, blob)
-	f.outcome = outcome
+	f.end = end
 	close(f.done)
 }
 
@@ -295,7 +353,7 @@ func (c *Coordinator) committed(blob digest.Digest) {
 		f.owner.mu.Lock()
 		delete(f.owner.claims, blob)
 		f.owner.mu.Unlock()
-		c.endFlightLocked(blob, f, "committed")
+		c.endFlightLocked(blob, f, Committed)
 	}
 }
 
@@ -315,8 +373,8 @@ func (c *Coordinator) tocForBlob(blob digest.Digest) digest.Digest {
 type decision int
 
 const (
-	fetchIt    decision = iota // claimed, our own flight, or waiting is unsafe or gave up
-	lookAgain                  // another pull committed it, or found it stored: look it up
+	fetchIt    decision = iota // claimed, our own flight, waiting is unsafe, or cancelled
+	lookAgain                  // the layer is in the store now: look it up
 	claimAgain                 // the owner gave up, or a lower layer was decided: decide again
 )
 
@@ -337,12 +395,10 @@ func (p *Pull) claimOrWait(blob digest.Digest, below []digest.Digest) decision {
 		default:
 			// Another pull fetches a lower layer: let it commit that first,
 			// then decide again from the start (c.mu is released).
-			switch p.wait(b, f) {
-			case "committed", "reused", "abandoned":
-				return claimAgain
-			default: // stalled or cancelled: stop waiting, fetch it
-				return fetchIt
+			if p.wait(b, f) == Cancelled {
+				return fetchIt // containers/image fails on the cancelled context
 			}
+			return claimAgain
 		}
 	}
 	f := c.flights[blob]
@@ -356,9 +412,9 @@ func (p *Pull) claimOrWait(blob digest.Digest, below []digest.Digest) decision {
 		return fetchIt
 	}
 	switch p.wait(blob, f) {
-	case "committed", "reused":
+	case Committed, OwnerReused, InStore:
 		return lookAgain
-	case "abandoned":
+	case OwnerFailed:
 		return claimAgain
 	default:
 		return fetchIt
@@ -377,7 +433,7 @@ func (c *Coordinator) claimLocked(p *Pull, blob digest.Digest) {
 
 // wait waits for f, another pull's flight of blob, and says how the wait
 // ended. It is called with c.mu held, and releases it.
-func (p *Pull) wait(blob digest.Digest, f *flight) string {
+func (p *Pull) wait(blob digest.Digest, f *flight) WaitEnd {
 	c := p.c
 	c.addWaitLocked(p, f.owner, +1)
 	c.mu.Unlock()
@@ -386,36 +442,33 @@ func (p *Pull) wait(blob digest.Digest, f *flight) string {
 	if p.OnWait != nil {
 		p.OnWait(WaitEvent{Blob: blob, Owner: f.owner.name})
 	}
-	outcome := p.await(blob, f)
+	end := p.await(blob, f)
 	c.mu.Lock()
 	c.addWaitLocked(p, f.owner, -1)
 	c.mu.Unlock()
-	if outcome == "committed" {
-		p.mu.Lock()
-		p.waited[blob] = true
-		p.mu.Unlock()
-	}
+	p.mu.Lock()
+	p.waitEnds[blob] = end
+	p.mu.Unlock()
 	if p.OnWait != nil {
-		p.OnWait(WaitEvent{Blob: blob, Owner: f.owner.name, Outcome: outcome, Waited: time.Since(start)})
+		p.OnWait(WaitEvent{Blob: blob, Owner: f.owner.name, End: end, Waited: time.Since(start)})
 	}
-	return outcome
+	return end
 }
 
-func (p *Pull) await(blob digest.Digest, f *flight) string {
-	tick := time.NewTicker(time.Second)
+// await blocks until f ends, the pull is cancelled, or the store has the
+// layer (invariant 5).
+func (p *Pull) await(blob digest.Digest, f *flight) WaitEnd {
+	tick := time.NewTicker(storePollInterval)
 	defer tick.Stop()
 	for {
 		select {
 		case <-f.done:
-			return f.outcome
+			return f.end
 		case <-p.ctx.Done():
-			return "cancelled"
+			return Cancelled
 		case <-tick.C:
-			if p.inStore != nil && p.inStore(blob) {
-				return "committed"
-			}
-			if p.c.stalled() {
-				return "stalled"
+			if p.reusable != nil && p.reusable(blob) {
+				return InStore
 			}
 		}
 	}

@@ -2,6 +2,7 @@ package commit
 
 import (
 	"context"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -42,7 +43,7 @@ func eventually(t *testing.T, what string, cond func() bool) {
 }
 
 func TestFirstMissClaimsOthersWaitUntilCommitted(t *testing.T) {
-	c := NewCoordinator()
+	c := NewCoordinator(nil)
 	a, b := c.NewPull(context.Background(), "a", nil), c.NewPull(context.Background(), "b", nil)
 	if d := a.claimOrWait(blobX, nil); d != fetchIt {
 		t.Fatalf("first miss: %v, want fetchIt (claim)", d)
@@ -62,7 +63,7 @@ func TestFirstMissClaimsOthersWaitUntilCommitted(t *testing.T) {
 }
 
 func TestOwnerGivingUpHandsTheBlobOver(t *testing.T) {
-	c := NewCoordinator()
+	c := NewCoordinator(nil)
 	a, b := c.NewPull(context.Background(), "a", nil), c.NewPull(context.Background(), "b", nil)
 	a.claimOrWait(blobX, nil)
 	got := waitFor(b, blobX)
@@ -70,6 +71,9 @@ func TestOwnerGivingUpHandsTheBlobOver(t *testing.T) {
 	a.Done() // a failed
 	if d := <-got; d != claimAgain {
 		t.Fatalf("after the owner gave up: %v, want claimAgain", d)
+	}
+	if end := b.WaitEnded(blobX); end != OwnerFailed {
+		t.Errorf("wait ended %q, want %q", end, OwnerFailed)
 	}
 	if d := b.claimOrWait(blobX, nil); d != fetchIt {
 		t.Fatalf("b claiming after the handover: %v, want fetchIt", d)
@@ -83,7 +87,7 @@ func TestOwnerGivingUpHandsTheBlobOver(t *testing.T) {
 }
 
 func TestOwnerReusingEndsItsClaim(t *testing.T) {
-	c := NewCoordinator()
+	c := NewCoordinator(nil)
 	a, b := c.NewPull(context.Background(), "a", nil), c.NewPull(context.Background(), "b", nil)
 	a.claimOrWait(blobX, nil)
 	got := waitFor(b, blobX)
@@ -102,7 +106,7 @@ func TestOwnerReusingEndsItsClaim(t *testing.T) {
 // Two pulls that each own what the other wants: the second wait would close
 // a cycle, so it is refused and that pull fetches the blob itself.
 func TestWaitThatWouldCloseACycleIsRefused(t *testing.T) {
-	c := NewCoordinator()
+	c := NewCoordinator(nil)
 	a, b := c.NewPull(context.Background(), "a", nil), c.NewPull(context.Background(), "b", nil)
 	a.claimOrWait(blobX, nil)
 	b.claimOrWait(blobY, nil)
@@ -126,7 +130,7 @@ func TestWaitThatWouldCloseACycleIsRefused(t *testing.T) {
 
 // A longer cycle, through a third pull.
 func TestCycleThroughAThirdPullIsRefused(t *testing.T) {
-	c := NewCoordinator()
+	c := NewCoordinator(nil)
 	blobZ := digest.FromString("z")
 	a, b, z := c.NewPull(context.Background(), "a", nil), c.NewPull(context.Background(), "b", nil), c.NewPull(context.Background(), "z", nil)
 	a.claimOrWait(blobX, nil)
@@ -144,22 +148,40 @@ func TestCycleThroughAThirdPullIsRefused(t *testing.T) {
 	z.Done()
 }
 
-func TestWaitsEndWhenTheRunStalls(t *testing.T) {
-	c := NewCoordinator()
-	c.StallTimeout = 100 * time.Millisecond
+// Invariant 2, InStore: the owner's containers/image finished a layer
+// without a PutLayer for the blob (a layer with the same chain ID existed,
+// made from another compression). The flight ends at the owner's next
+// "done" or "skipped" event, not by any clock: the waiter's own store poll
+// is disabled here.
+func TestLayerEndedEndsFlightWhenTheStoreHasTheLayer(t *testing.T) {
+	c := NewCoordinator(nil)
 	a, b := c.NewPull(context.Background(), "a", nil), c.NewPull(context.Background(), "b", nil)
+	var present atomic.Bool
+	a.reusable = func(blob digest.Digest) bool { return blob == blobX && present.Load() }
 	a.claimOrWait(blobX, nil)
-	start := time.Now()
-	if d := b.claimOrWait(blobX, nil); d != fetchIt {
-		t.Fatalf("after a stall: %v, want fetchIt", d)
+	got := waitFor(b, blobX)
+	eventually(t, "b waits", func() bool { return waiting(c, b) })
+	a.LayerEnded() // an event while the layer is not there yet: the flight goes on
+	select {
+	case d := <-got:
+		t.Fatalf("the wait ended (%v) though the store does not have the layer", d)
+	case <-time.After(50 * time.Millisecond):
 	}
-	if waited := time.Since(start); waited < c.StallTimeout {
-		t.Errorf("gave up after %s, before the stall timeout %s", waited, c.StallTimeout)
+	present.Store(true)
+	a.LayerEnded()
+	if d := <-got; d != lookAgain {
+		t.Fatalf("after the owner's layer ended with the layer in the store: %v, want lookAgain", d)
+	}
+	if end := b.WaitEnded(blobX); end != InStore {
+		t.Errorf("wait ended %q, want %q", end, InStore)
+	}
+	if !b.Waited(blobX) {
+		t.Error("b does not report that it obtained the blob by waiting")
 	}
 }
 
 func TestWaitsEndOnCancellation(t *testing.T) {
-	c := NewCoordinator()
+	c := NewCoordinator(nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	a, b := c.NewPull(context.Background(), "a", nil), c.NewPull(ctx, "b", nil)
 	a.claimOrWait(blobX, nil)
@@ -180,7 +202,7 @@ func TestWaitsEndOnCancellation(t *testing.T) {
 }
 
 func TestLinkTOCLinksBothWays(t *testing.T) {
-	c := NewCoordinator()
+	c := NewCoordinator(nil)
 	toc := digest.FromString("toc")
 	c.LinkTOC(toc, blobX)
 	if c.blobForTOC(toc) != blobX || c.tocForBlob(blobX) != toc {
@@ -193,7 +215,7 @@ func TestLinkTOCLinksBothWays(t *testing.T) {
 // as well, so that a, which wants X, waits for b instead of claiming X and
 // later wanting Y from b while b waits for a's X.
 func TestUpperLookupClaimsUnlookedLowerLayers(t *testing.T) {
-	c := NewCoordinator()
+	c := NewCoordinator(nil)
 	layers := []digest.Digest{blobX, blobY}
 	a, b := c.NewPull(context.Background(), "a", layers), c.NewPull(context.Background(), "b", layers)
 	if d := b.claimOrWait(blobY, b.lookingUp(blobY)); d != fetchIt {
@@ -220,7 +242,7 @@ func TestUpperLookupClaimsUnlookedLowerLayers(t *testing.T) {
 // layer, the upper lookup waits for it instead of claiming the upper layer,
 // then decides again.
 func TestUpperLookupWaitsForLowerLayerInFlight(t *testing.T) {
-	c := NewCoordinator()
+	c := NewCoordinator(nil)
 	layers := []digest.Digest{blobX, blobY}
 	a, b := c.NewPull(context.Background(), "a", layers), c.NewPull(context.Background(), "b", layers)
 	a.claimOrWait(blobX, a.lookingUp(blobX))

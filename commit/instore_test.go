@@ -14,10 +14,10 @@ import (
 // owner's containers/image reused it by chain ID without a PutLayer
 // (invariant 5). Without this, the owner may need a slot the waiters hold.
 func TestWaitEndsWhenAnotherProcessCommits(t *testing.T) {
-	c := NewCoordinator()
+	c := NewCoordinator(nil)
 	a, b := c.NewPull(context.Background(), "a", nil), c.NewPull(context.Background(), "b", nil)
 	var present atomic.Bool
-	b.inStore = func(blob digest.Digest) bool { return blob == blobX && present.Load() }
+	b.reusable = func(blob digest.Digest) bool { return blob == blobX && present.Load() }
 	a.claimOrWait(blobX, nil)
 	got := waitFor(b, blobX)
 	eventually(t, "b waits", func() bool { return waiting(c, b) })

@@ -21,7 +21,7 @@ type Store struct {
 // Store returns the decorator to hand to containers/image for this pull.
 func (p *Pull) Store(shared storage.Store) *Store {
 	s := &Store{Store: shared, pull: p}
-	p.inStore = s.has
+	p.reusable = s.reusable
 	return s
 }
 
@@ -34,16 +34,17 @@ func (s *Store) LayersByCompressedDigest(d digest.Digest) ([]storage.Layer, erro
 		if len(layers) > 0 || (err != nil && !errors.Is(err, storage.ErrLayerUnknown)) {
 			return layers, err
 		}
-		if s.hasByTOC(d) {
-			// A partially pulled layer has no compressed digest; containers/image
-			// finds it by TOC right after this miss. Claiming it would only
-			// make other pulls wait for nothing.
+		if s.reusable(d) {
+			// A partially pulled layer has no compressed digest, and a layer
+			// from another compression of the same content has another one;
+			// containers/image finds them by TOC or DiffID right after this
+			// miss. Claiming the blob would only make other pulls wait.
 			return layers, err
 		}
 		var missing []digest.Digest
 		if s.pull.c.shared(d) { // invariant 6 does not apply to a blob only this image needs
 			for _, b := range below {
-				if !s.has(b) {
+				if !s.reusable(b) {
 					missing = append(missing, b)
 				}
 			}
@@ -61,27 +62,37 @@ func (s *Store) LayersByCompressedDigest(d digest.Digest) ([]storage.Layer, erro
 	}
 }
 
-// has reports whether the store has a layer made from blob, fully or
-// partially pulled.
-func (s *Store) has(blob digest.Digest) bool {
-	layers, err := s.Store.LayersByCompressedDigest(blob)
-	return (err == nil && len(layers) > 0) || s.hasByTOC(blob)
-}
-
-// hasByTOC reports whether the store has a partially pulled layer of blob.
-func (s *Store) hasByTOC(blob digest.Digest) bool {
-	toc := s.pull.c.tocForBlob(blob)
-	if toc == "" {
-		return false
+// reusable reports whether containers/image's lookup of blob
+// (TryReusingBlobWithOptions) would find a layer in the store: made from
+// blob itself, partially pulled from it (by TOC digest), or with the DiffID
+// that the shared blob-info cache records for blob once any pull fetched
+// it, whatever blob that layer was made from.
+func (s *Store) reusable(blob digest.Digest) bool {
+	if layers, err := s.Store.LayersByCompressedDigest(blob); err == nil && len(layers) > 0 {
+		return true
 	}
-	layers, err := s.Store.LayersByTOCDigest(toc)
-	return err == nil && len(layers) > 0
+	if toc := s.pull.c.tocForBlob(blob); toc != "" {
+		if layers, err := s.Store.LayersByTOCDigest(toc); err == nil && len(layers) > 0 {
+			return true
+		}
+	}
+	if s.pull.c.diffIDs != nil {
+		if diffID := s.pull.c.diffIDs.UncompressedDigest(blob); diffID != "" && diffID != blob {
+			if layers, err := s.Store.LayersByUncompressedDigest(diffID); err == nil && len(layers) > 0 {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // PutLayer commits a fully fetched (or locally copied) layer, and ends the
 // flight of the blob it was made from. The layer's tar is checked on the
 // way in (tarcheck.go): an unsafe one is refused and never committed.
 func (s *Store) PutLayer(id, parent string, names []string, mountLabel string, writeable bool, options *storage.LayerOptions, diff io.Reader) (*storage.Layer, int64, error) {
+	if options != nil && options.OriginalDigest != "" && s.pull.OnCommitStart != nil {
+		s.pull.OnCommitStart(options.OriginalDigest)
+	}
 	check := newLayerCheck(diff)
 	layer, size, err := s.Store.PutLayer(id, parent, names, mountLabel, writeable, options, check)
 	if unsafe := check.result(); unsafe != nil {
@@ -104,6 +115,11 @@ func (s *Store) PutLayer(id, parent string, names []string, mountLabel string, w
 // ApplyStagedLayer commits a partially pulled (zstd:chunked) layer, and ends
 // the flight of the blob it was made from, found through its TOC digest.
 func (s *Store) ApplyStagedLayer(args storage.ApplyStagedLayerOptions) (*storage.Layer, error) {
+	if args.DiffOutput != nil && args.DiffOutput.TOCDigest != "" && s.pull.OnCommitStart != nil {
+		if b := s.pull.c.blobForTOC(args.DiffOutput.TOCDigest); b != "" {
+			s.pull.OnCommitStart(b)
+		}
+	}
 	layer, err := s.Store.ApplyStagedLayer(args)
 	if err == nil && layer != nil {
 		blob := layer.CompressedDigest

@@ -45,6 +45,10 @@ type LayerSummary struct {
 	// the JSON) when the image failed before obtaining the layer.
 	How     string `json:"how,omitempty"`
 	Fetched int64  `json:"fetchedBytes"`
+	// WaitEnded says how the image's wait for another pull's fetch of the
+	// blob ended (committed, reused, store, owner-failed, cancelled); left
+	// out when it did not wait.
+	WaitEnded string `json:"waitEnded,omitempty"`
 }
 
 // Totals add up the run.
@@ -67,7 +71,7 @@ func NewSummary(results []*pull.Result, wall time.Duration) Summary {
 			Attempts: r.Attempts, DurationSeconds: r.Duration.Seconds(),
 		}
 		for _, l := range r.Layers {
-			img.Layers = append(img.Layers, LayerSummary{Digest: l.Digest, Size: l.Size, How: l.How, Fetched: l.Fetched})
+			img.Layers = append(img.Layers, LayerSummary{Digest: l.Digest, Size: l.Size, How: l.How, Fetched: l.Fetched, WaitEnded: l.WaitEnded})
 		}
 		if r.Err != nil {
 			img.Error = r.Err.Error()

@@ -16,6 +16,7 @@ import (
 	"github.com/sirupsen/logrus"
 	"go.podman.io/image/v5/copy"
 	"go.podman.io/image/v5/docker"
+	"go.podman.io/image/v5/pkg/blobinfocache"
 	"go.podman.io/image/v5/signature"
 	istorage "go.podman.io/image/v5/storage"
 	"go.podman.io/image/v5/types"
@@ -40,8 +41,7 @@ type Options struct {
 	Jobs int
 	// StallTimeout is how long herd tolerates no progress: an image whose
 	// transfer receives no byte for that long is abandoned and retried (see
-	// watchdog.go), and a pull waiting for another pull's blob while the whole
-	// run reads nothing fetches it itself. DefaultStallTimeout if zero.
+	// watchdog.go). DefaultStallTimeout if zero.
 	StallTimeout time.Duration
 	// Retries is how many more times an image is pulled after a transient
 	// failure (0: never); RetryDelay the wait before each retry (0:
@@ -79,8 +79,10 @@ func Run(ctx context.Context, inputs []string, opts Options) []*Result {
 		opts.Observe(Event{Kind: kind, Image: i, Result: r, Time: time.Now()})
 	}
 
-	coord := commit.NewCoordinator()
-	coord.StallTimeout = opts.StallTimeout
+	// The blob-info cache every copy.Image of the run opens (the same
+	// BlobInfoCacheDir): it knows a blob's DiffID as soon as a pull fetched it.
+	coord := commit.NewCoordinator(blobinfocache.DefaultCache(opts.System))
+	clock := newRunClock()
 	for _, t := range targets {
 		if t == nil {
 			continue
@@ -105,7 +107,7 @@ func Run(ctx context.Context, inputs []string, opts Options) []*Result {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			run := &imagePull{index: i, target: t, result: results[i], opts: &opts, coord: coord, sem: sem}
+			run := &imagePull{index: i, target: t, result: results[i], opts: &opts, coord: coord, clock: clock, sem: sem}
 			run.pull(ctx)
 			if run.result.Err != nil && opts.FailFast {
 				cancel()
@@ -193,6 +195,7 @@ type imagePull struct {
 	result *Result
 	opts   *Options
 	coord  *commit.Coordinator
+	clock  *runClock
 	sem    *semaphore.Weighted
 	p      *commit.Pull
 
@@ -200,6 +203,7 @@ type imagePull struct {
 	fetched  map[digest.Digest]int64 // bytes read per blob, config included
 	done     map[digest.Digest]bool
 	skipped  map[digest.Digest]string // Reused or Waited
+	waitEnds map[digest.Digest]commit.WaitEnd
 	partial  map[digest.Digest]bool
 	layerIdx map[digest.Digest]int
 }
@@ -216,6 +220,7 @@ func (ip *imagePull) pull(ctx context.Context) {
 	ip.fetched = map[digest.Digest]int64{}
 	ip.done = map[digest.Digest]bool{}
 	ip.skipped = map[digest.Digest]string{}
+	ip.waitEnds = map[digest.Digest]commit.WaitEnd{}
 	ip.partial = map[digest.Digest]bool{}
 	ip.layerIdx = map[digest.Digest]int{}
 	for i, l := range ip.target.layers {
@@ -248,13 +253,17 @@ func (ip *imagePull) copy(ctx context.Context, wd *watchdog) error {
 	ip.p = p
 	defer p.Done()
 	p.OnWait = func(w commit.WaitEvent) {
-		wd.waiting(w.Outcome == "")
-		if w.Outcome == "" {
+		wd.waiting(w.End == "")
+		if w.End == "" {
 			ip.emit(Event{Kind: EventLayerWaiting, Blob: w.Blob, Owner: w.Owner})
-		} else {
-			logrus.Debugf("%s: waited %s for %s (pulled by %s): %s", ip.result.Name(), w.Waited.Round(time.Millisecond), w.Blob, w.Owner, w.Outcome)
+			return
 		}
+		ip.mu.Lock()
+		ip.waitEnds[w.Blob] = w.End
+		ip.mu.Unlock()
+		logrus.Debugf("%s: waited %s for %s (pulled by %s): %s", ip.result.Name(), w.Waited.Round(time.Millisecond), w.Blob, w.Owner, w.End)
 	}
+	p.OnCommitStart = wd.committing
 	p.OnCommit = func(blob digest.Digest, partial bool) {
 		ip.mu.Lock()
 		if partial {
@@ -292,7 +301,9 @@ func (ip *imagePull) copy(ctx context.Context, wd *watchdog) error {
 		DestinationCtx:                ip.opts.System,
 		ConcurrentBlobCopiesSemaphore: ip.sem,
 		Progress:                      progress,
-		ProgressInterval:              100 * time.Millisecond,
+		// containers/image sends "skipped" events only with an interval set;
+		// the coordinator needs them (Reused, LayerEnded) to end flights.
+		ProgressInterval: 100 * time.Millisecond,
 	})
 	// containers/image never closes the channel and has stopped sending once
 	// copy.Image returns.
@@ -303,7 +314,7 @@ func (ip *imagePull) copy(ctx context.Context, wd *watchdog) error {
 
 // onProgress turns containers/image's progress events into herd's.
 func (ip *imagePull) onProgress(pp types.ProgressProperties) {
-	ip.coord.Progressed()
+	ip.clock.tick()
 	d := pp.Artifact.Digest
 	_, isLayer := ip.layerIdx[d]
 	switch pp.Event {
@@ -328,8 +339,10 @@ func (ip *imagePull) onProgress(pp types.ProgressProperties) {
 			ip.emit(Event{Kind: EventLayerRead, Blob: d, Bytes: int64(pp.OffsetUpdate), Size: pp.Artifact.Size})
 			ip.emit(Event{Kind: EventLayerDone, Blob: d, How: Fetched, Bytes: n, Size: pp.Artifact.Size})
 		}
+		ip.p.LayerEnded()
 	case types.ProgressEventSkipped:
 		ip.p.Reused(d)
+		ip.p.LayerEnded()
 		// A wait, if any, ended before containers/image reported the skip.
 		how := Reused
 		if ip.p.Waited(d) {
@@ -356,6 +369,7 @@ func (ip *imagePull) finishLayers() {
 	for i := range ip.result.Layers {
 		l := &ip.result.Layers[i]
 		l.Fetched = ip.fetched[l.Digest]
+		l.WaitEnded = string(ip.waitEnds[l.Digest])
 		switch {
 		case ip.partial[l.Digest]:
 			l.How = Partial

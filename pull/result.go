@@ -20,6 +20,9 @@ type Layer struct {
 	Size    int64         `json:"size"`
 	How     string        `json:"how,omitempty"`
 	Fetched int64         `json:"fetched"` // bytes read from the registry for this blob by this image
+	// WaitEnded says how this image's last wait for another pull's fetch of
+	// the blob ended (commit.WaitEnd), "" if it did not wait for it.
+	WaitEnded string `json:"waitEnded,omitempty"`
 }
 
 // Result is the outcome of one image of the run.

@@ -77,12 +77,15 @@ func retryOptions(ctx context.Context, opts *Options) *retry.Options {
 func (ip *imagePull) attempt(ctx context.Context) error {
 	actx, abandon := context.WithCancelCause(ctx)
 	defer abandon(nil)
-	wd := startWatchdog(ip.opts.StallTimeout, ip.coord, abandon)
+	wd := startWatchdog(ip.opts.StallTimeout, ip.clock, abandon)
 	defer wd.stop()
 	err := ip.copy(actx, wd)
 	var stalled *stallError
-	if err != nil && ctx.Err() == nil && errors.As(context.Cause(actx), &stalled) {
-		return stalled // what copy.Image returns then is only "context canceled"
+	if errors.Is(err, context.Canceled) && ctx.Err() == nil && errors.As(context.Cause(actx), &stalled) {
+		// What copy.Image returns then is only "context canceled". Any other
+		// error is the attempt's own (a blob's fetch failed before the
+		// watchdog fired for it): that one is reported.
+		return stalled
 	}
 	return err
 }

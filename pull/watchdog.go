@@ -7,12 +7,11 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	digest "github.com/opencontainers/go-digest"
 	"go.podman.io/image/v5/types"
-
-	"github.com/herd-project/herd/commit"
 )
 
 // DefaultStallTimeout is herd's default --stall-timeout: one minute without
@@ -20,11 +19,11 @@ import (
 // slow, delivers bytes every fraction of a second, so a minute of nothing is
 // a dead connection; and since a retry is cheap (committed layers are
 // reused), abandoning it soon costs less than containerd's 5 minutes of
-// waiting. It is also the coordinator's bound on waiting for another pull's
-// blob while the whole run makes no progress, so herd has one notion of
-// "stalled". (containers/image itself waits at most 60s on a 429's
+// waiting. A pull waiting for another pull's blob has no clock of its own:
+// the owner's transfer is bounded by this, and when the owner's attempt ends
+// the wait ends (commit.Coordinator). (containers/image itself waits at most 60s on a 429's
 // Retry-After; a registry asking for exactly that may see one retry more.)
-const DefaultStallTimeout = commit.DefaultStallTimeout
+const DefaultStallTimeout = 60 * time.Second
 
 // errStalled is what errors.Is finds in an attempt the watchdog abandoned.
 var errStalled = errors.New("transfer stalled")
@@ -52,44 +51,66 @@ func (e *stallError) Error() string {
 
 func (e *stallError) Is(target error) bool { return target == errStalled }
 
-// watchdog ends one attempt of one image when it stops making progress, so
-// that a connection that stays open but delivers nothing (a registry or
-// proxy hanging mid-body) cannot hang herd: containers/image's HTTP client
-// has no read timeout. The attempt's context is cancelled, which stops this
-// image's copy.Image only, and the retry loop (retry.go) takes over.
+// runClock is when any image of the run last reported progress (any
+// containers/image progress event). An image that has not reported anything
+// yet (it reads its manifest and config, or queues for a --jobs slot) is
+// judged against it.
+type runClock struct{ last atomic.Int64 }
+
+func newRunClock() *runClock {
+	c := &runClock{}
+	c.tick()
+	return c
+}
+
+func (c *runClock) tick() { c.last.Store(time.Now().UnixNano()) }
+
+func (c *runClock) since() time.Duration { return time.Since(time.Unix(0, c.last.Load())) }
+
+// watchdog ends one attempt of one image when one of its transfers stops
+// making progress, so that a connection that stays open but delivers nothing
+// (a registry or proxy hanging mid-body) cannot hang herd: containers/image's
+// HTTP client has no read timeout. The attempt's context is cancelled, which
+// stops this image's copy.Image only, and the retry loop (retry.go) takes
+// over.
 //
-// Progress is what containers/image's progress channel reports for this
-// image. The watchdog is armed while the image transfers a blob, from the
-// blob's "new" event (sent just before the request) to its "done", so an
-// image that queues for a --jobs slot, waits for another pull's blob or
-// commits a big layer is never taken for stalled; it is disarmed while the
-// image waits for another pull (that wait has its own bound, see
-// commit.Coordinator). Before the attempt's first event the image fetches
-// its manifest and config, which report no progress at all, and may as well
-// be queued for a slot; then it is armed only while the whole run makes no
-// progress either.
+// Each transfer is timed on its own, from its "new" event (sent just before
+// the request) and then from each "read" event, until its commit starts
+// (commit.Pull.OnCommitStart) or containers/image reports it done or
+// skipped. So a transfer that received every byte is never taken for
+// stalled while its layer is applied, however long that takes, and a live
+// transfer does not hide a dead one beside it. An image that queues for a
+// --jobs slot has no transfer under way and is not judged. While the image
+// waits for another pull's blob nothing of it is judged: containers/image
+// holds the image's lock during the wait, so its other transfers cannot
+// finish either; they are timed afresh when the wait ends. Before the
+// attempt's first event the image reads its manifest and config, which
+// report no progress at all, and may as well be queued for a slot; then it
+// is judged only while the whole run makes no progress either.
 type watchdog struct {
 	timeout time.Duration
-	run     *commit.Coordinator
+	run     *runClock
 	abandon context.CancelCauseFunc
 	done    chan struct{}
+	start   time.Time
 
 	mu       sync.Mutex
-	last     time.Time // start of the attempt, or its last event or end of a wait
-	events   bool      // any progress event in this attempt
-	inFlight map[digest.Digest]bool
+	events   bool                        // any progress event in this attempt
+	inFlight map[digest.Digest]time.Time // transfers under way → when each last received bytes
 	waits    int
 }
 
 // startWatchdog watches one attempt; abandon cancels it. Call stop when the
 // attempt's copy.Image has returned.
-func startWatchdog(timeout time.Duration, run *commit.Coordinator, abandon context.CancelCauseFunc) *watchdog {
-	w := &watchdog{
-		timeout: timeout, run: run, abandon: abandon, done: make(chan struct{}),
-		last: time.Now(), inFlight: map[digest.Digest]bool{},
-	}
+func startWatchdog(timeout time.Duration, run *runClock, abandon context.CancelCauseFunc) *watchdog {
+	w := newWatchdog(timeout, run)
+	w.abandon = abandon
 	go w.loop()
 	return w
+}
+
+func newWatchdog(timeout time.Duration, run *runClock) *watchdog {
+	return &watchdog{timeout: timeout, run: run, done: make(chan struct{}), start: time.Now(), inFlight: map[digest.Digest]time.Time{}}
 }
 
 func (w *watchdog) stop() { close(w.done) }
@@ -114,18 +135,20 @@ func (w *watchdog) loop() {
 func (w *watchdog) check(now time.Time) *stallError {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.waits > 0 || now.Sub(w.last) < w.timeout {
+	if w.waits > 0 {
 		return nil
 	}
-	switch {
-	case len(w.inFlight) > 0:
-		blobs := make([]digest.Digest, 0, len(w.inFlight))
-		for b := range w.inFlight {
-			blobs = append(blobs, b)
+	var stalled []digest.Digest
+	for blob, last := range w.inFlight {
+		if now.Sub(last) >= w.timeout {
+			stalled = append(stalled, blob)
 		}
-		slices.Sort(blobs)
-		return &stallError{blobs: blobs, timeout: w.timeout}
-	case !w.events && w.run.SinceProgress() >= w.timeout:
+	}
+	if len(stalled) > 0 {
+		slices.Sort(stalled)
+		return &stallError{blobs: stalled, timeout: w.timeout}
+	}
+	if !w.events && now.Sub(w.start) >= w.timeout && w.run.since() >= w.timeout {
 		return &stallError{timeout: w.timeout}
 	}
 	return nil
@@ -135,14 +158,25 @@ func (w *watchdog) check(now time.Time) *stallError {
 func (w *watchdog) progress(pp types.ProgressProperties) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	w.last = time.Now()
 	w.events = true
+	d := pp.Artifact.Digest
 	switch pp.Event {
 	case types.ProgressEventNewArtifact:
-		w.inFlight[pp.Artifact.Digest] = true
+		w.inFlight[d] = time.Now()
+	case types.ProgressEventRead:
+		if _, ok := w.inFlight[d]; ok {
+			w.inFlight[d] = time.Now()
+		}
 	case types.ProgressEventDone, types.ProgressEventSkipped:
-		delete(w.inFlight, pp.Artifact.Digest)
+		delete(w.inFlight, d)
 	}
+}
+
+// committing records that the commit of blob started: its transfer is over.
+func (w *watchdog) committing(blob digest.Digest) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	delete(w.inFlight, blob)
 }
 
 // waiting records that the image starts (true) or ends (false) waiting for
@@ -155,5 +189,8 @@ func (w *watchdog) waiting(start bool) {
 		return
 	}
 	w.waits--
-	w.last = time.Now()
+	now := time.Now()
+	for blob := range w.inFlight {
+		w.inFlight[blob] = now
+	}
 }

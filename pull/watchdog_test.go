@@ -8,8 +8,6 @@ import (
 
 	digest "github.com/opencontainers/go-digest"
 	"go.podman.io/image/v5/types"
-
-	"github.com/herd-project/herd/commit"
 )
 
 func event(kind types.ProgressEvent, blob digest.Digest) types.ProgressProperties {
@@ -21,7 +19,7 @@ func TestWatchdogArming(t *testing.T) {
 	const timeout = time.Minute
 	blob := digest.FromString("layer")
 	newDog := func() *watchdog {
-		w := &watchdog{timeout: timeout, run: commit.NewCoordinator(), last: time.Now(), inFlight: map[digest.Digest]bool{}}
+		w := newWatchdog(timeout, newRunClock())
 		w.events = true // past the attempt's first event unless a case says otherwise
 		return w
 	}
@@ -55,6 +53,26 @@ func TestWatchdogArming(t *testing.T) {
 		t.Errorf("the timeout did not restart when the wait ended: %v", err)
 	}
 
+	// A transfer whose commit started is over: applying a big layer on a
+	// slow disk is not a stall, however long it takes.
+	w = newDog()
+	w.progress(event(types.ProgressEventNewArtifact, blob))
+	w.committing(blob)
+	if err := w.check(later()); err != nil {
+		t.Errorf("a transfer whose layer is being committed is reported stalled: %v", err)
+	}
+
+	// Each transfer is timed on its own: a live one does not hide a dead one.
+	w = newDog()
+	dead := digest.FromString("dead")
+	w.progress(event(types.ProgressEventNewArtifact, dead))
+	w.inFlight[dead] = time.Now().Add(-timeout - time.Second)
+	w.progress(event(types.ProgressEventNewArtifact, blob))
+	err = w.check(time.Now())
+	if err == nil || !strings.Contains(err.Error(), dead.String()) || strings.Contains(err.Error(), blob.String()) {
+		t.Errorf("one silent transfer beside a live one: got %v, want a stall naming only %s", err, dead)
+	}
+
 	// Before the first event: armed only while the whole run is idle.
 	w = newDog()
 	w.events = false
@@ -62,7 +80,8 @@ func TestWatchdogArming(t *testing.T) {
 		t.Errorf("an image without events while the run progresses (queued for a slot) is reported stalled: %v", err)
 	}
 	w.timeout = 10 * time.Millisecond
-	time.Sleep(20 * time.Millisecond) // the run has not progressed since NewCoordinator
+	w.start = time.Now().Add(-time.Second)
+	time.Sleep(20 * time.Millisecond) // the run has not progressed since newRunClock
 	if err := w.check(time.Now()); err == nil || !errors.Is(err, errStalled) {
 		t.Errorf("an image without events in an idle run: got %v, want a stall", err)
 	}
@@ -72,7 +91,7 @@ func TestWatchdogArming(t *testing.T) {
 func TestWatchdogAbandons(t *testing.T) {
 	var got error
 	fired := make(chan struct{})
-	w := startWatchdog(20*time.Millisecond, commit.NewCoordinator(), func(err error) { got = err; close(fired) })
+	w := startWatchdog(20*time.Millisecond, newRunClock(), func(err error) { got = err; close(fired) })
 	defer w.stop()
 	w.progress(event(types.ProgressEventNewArtifact, digest.FromString("x")))
 	select {
