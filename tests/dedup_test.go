@@ -25,6 +25,12 @@ import (
 // fleet pushes 8 images sharing base layers in overlapping subsets: all
 // share B1 and B2, the first half also share M, each has its own top layer.
 func fleet(e *env, compression string) []testimage.Pushed {
+	return fleetNamed(e, "fleet", compression)
+}
+
+// fleetNamed pushes the fleet as PREFIX0:v1 … PREFIX7:v1: the same content,
+// and so the same DiffIDs, under other names, in any compression.
+func fleetNamed(e *env, prefix, compression string) []testimage.Pushed {
 	var images []testimage.Pushed
 	for i := 0; i < 8; i++ {
 		layers := []testimage.Layer{baseLayer, midLayer}
@@ -32,7 +38,7 @@ func fleet(e *env, compression string) []testimage.Pushed {
 			layers = append(layers, testimage.RandomLayer(3, 6, 16*kib))
 		}
 		layers = append(layers, ownLayer(int64(i)))
-		images = append(images, e.push(fmt.Sprintf("fleet%d:v1", i), testimage.Image{Layers: layers}, compression))
+		images = append(images, e.push(fmt.Sprintf("%s%d:v1", prefix, i), testimage.Image{Layers: layers}, compression))
 	}
 	return images
 }

@@ -13,7 +13,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"text/tabwriter"
+	"time"
 
 	digest "github.com/opencontainers/go-digest"
 
@@ -48,7 +50,11 @@ func run(herd string, keep bool) error {
 	}
 	defer reg.Close()
 	fmt.Printf("Local registry at %s; pushing sample images...\n", reg.Host)
-	images, err := pushSamples(ctx, reg.Host, filepath.Join(dir, "push"))
+	pushDir := filepath.Join(dir, "push")
+	if err := os.MkdirAll(pushDir, 0o755); err != nil {
+		return err
+	}
+	images, err := testimage.NewPusher(reg.Host, pushDir).PushDemoSet(ctx)
 	if err != nil {
 		return err
 	}
@@ -68,11 +74,14 @@ func run(herd string, keep bool) error {
 	for round, title := range []string{"First pull into an empty store", "Same pull again: everything is already there"} {
 		reg.ResetCounters()
 		fmt.Printf("\n== %s ==\n$ herd pull -j 4 %d images\n", title, len(images))
+		start := time.Now()
 		summary, err := runHerd(herd, args)
 		if err != nil {
 			return err
 		}
+		took := time.Since(start)
 		printSummary(summary)
+		fmt.Printf("herd took %.2f s%s\n", took.Seconds(), waitsAndRetries(summary))
 		fmt.Printf("registry served %s of layer blobs; the images' unique layer bytes are %s (%.2fx)\n",
 			mib(layerBytes(reg, images)), mib(unique), float64(layerBytes(reg, images))/float64(unique))
 		if round == 0 {
@@ -83,35 +92,6 @@ func run(herd string, keep bool) error {
 		fmt.Printf("\nstore kept at %s/storage\n", dir)
 	}
 	return nil
-}
-
-// pushSamples pushes six images: all share an OS base layer, half share a
-// runtime layer, each has its own app layer; gzip and zstd:chunked.
-func pushSamples(ctx context.Context, host, workDir string) ([]testimage.Pushed, error) {
-	if err := os.MkdirAll(workDir, 0o755); err != nil {
-		return nil, err
-	}
-	pusher := testimage.NewPusher(host, workDir)
-	base := testimage.RandomLayer(1, 64, 64*1024)
-	runtime := testimage.RandomLayer(2, 48, 64*1024)
-	var out []testimage.Pushed
-	for i := 0; i < 6; i++ {
-		layers := []testimage.Layer{base}
-		if i%2 == 0 {
-			layers = append(layers, runtime)
-		}
-		layers = append(layers, testimage.RandomLayer(int64(10+i), 8, 32*1024))
-		comp := "gzip"
-		if i >= 3 {
-			comp = "zstd:chunked"
-		}
-		p, err := pusher.Push(ctx, fmt.Sprintf("demo/app%d:latest", i), testimage.Image{Layers: layers}, comp)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, p)
-	}
-	return out, nil
 }
 
 func runHerd(herd string, args []string) (progress.Summary, error) {
@@ -153,6 +133,37 @@ func printSummary(s progress.Summary) {
 		fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", img.Inputs[0], id, desc, mib(img.Fetched))
 	}
 	w.Flush()
+}
+
+// waitsAndRetries says how the run's waits for other pulls' blobs ended and
+// how many images needed more than one attempt, if any did.
+func waitsAndRetries(s progress.Summary) string {
+	ends := map[string]int{}
+	retried := 0
+	for _, img := range s.Images {
+		for _, l := range img.Layers {
+			if l.WaitEnded != "" {
+				ends[l.WaitEnded]++
+			}
+		}
+		if img.Attempts > 1 {
+			retried++
+		}
+	}
+	var out []string
+	for _, end := range []string{"committed", "store", "reused", "owner-failed", "cancelled"} {
+		if ends[end] > 0 {
+			out = append(out, fmt.Sprintf("%d %s", ends[end], end))
+		}
+	}
+	desc := ""
+	if len(out) > 0 {
+		desc = "; waits for another pull's blob ended: " + strings.Join(out, ", ")
+	}
+	if retried > 0 {
+		desc += fmt.Sprintf("; %d images retried", retried)
+	}
+	return desc
 }
 
 func uniqueBytes(images []testimage.Pushed) int64 {
