@@ -52,9 +52,12 @@
 //     acquired the slots of every lower layer of the owner's image before it
 //     (copyLayers acquires in layer order), so the owner can finish and
 //     commit without a new slot, and the event that ends the flight (2)
-//     follows. When the owner fails, the flight ends when its copy.Image
-//     returns, which needs slots for the owner's upper layers; the owner's
-//     own progress rule (pull's watchdog) bounds that, not the waiter.
+//     follows. When the owner fails, or its layer needs no PutLayer and no
+//     event shows it in the store, the flight ends only when its copy.Image
+//     returns, which needs slots for the owner's upper layers and its
+//     config. The pull engine guarantees those: while an image waits, it
+//     lends the run as many slots as that image can hold (pull/slots.go), so
+//     waiting images never hold the slots an owner needs.
 //  5. A wait has no clock of its own. It ends when the flight ends (2), when
 //     the waiting pull is cancelled, or when the store has a layer a lookup
 //     of the blob finds (checked every second as well: another process, a
@@ -122,10 +125,12 @@ const (
 const storePollInterval = time.Second
 
 // DiffIDs is the part of containers/image's blob-info cache the Coordinator
-// reads: the DiffID recorded for a blob once some pull has fetched it
-// (types.BlobInfoCache satisfies it).
+// reads: the DiffID recorded for a blob once some pull has fetched it whole,
+// and for a zstd:chunked TOC digest once some pull has pulled it partially.
+// The caches blobinfocache.DefaultCache returns (sqlite, memory) have both.
 type DiffIDs interface {
 	UncompressedDigest(blob digest.Digest) digest.Digest
+	UncompressedDigestForTOC(toc digest.Digest) digest.Digest
 }
 
 // Coordinator is shared by all pulls of one run. The zero value is not

@@ -63,22 +63,26 @@ func (s *Store) LayersByCompressedDigest(d digest.Digest) ([]storage.Layer, erro
 }
 
 // reusable reports whether containers/image's lookup of blob
-// (TryReusingBlobWithOptions) would find a layer in the store: made from
-// blob itself, partially pulled from it (by TOC digest), or with the DiffID
-// that the shared blob-info cache records for blob once any pull fetched
-// it, whatever blob that layer was made from.
+// (TryReusingBlobWithOptions) would find a layer in the store, the same
+// ways it looks: made from blob itself, partially pulled from it (by TOC
+// digest), or with the DiffID that the shared blob-info cache records for
+// blob (once any pull fetched it whole) or for its TOC digest (once any
+// pull pulled it partially), whatever blob that layer was made from.
 func (s *Store) reusable(blob digest.Digest) bool {
-	if layers, err := s.Store.LayersByCompressedDigest(blob); err == nil && len(layers) > 0 {
+	has := func(layers []storage.Layer, err error) bool { return err == nil && len(layers) > 0 }
+	if has(s.Store.LayersByCompressedDigest(blob)) {
 		return true
 	}
-	if toc := s.pull.c.tocForBlob(blob); toc != "" {
-		if layers, err := s.Store.LayersByTOCDigest(toc); err == nil && len(layers) > 0 {
+	toc := s.pull.c.tocForBlob(blob)
+	if toc != "" && has(s.Store.LayersByTOCDigest(toc)) {
+		return true
+	}
+	if cache := s.pull.c.diffIDs; cache != nil {
+		if diffID := cache.UncompressedDigest(blob); diffID != "" && diffID != blob && has(s.Store.LayersByUncompressedDigest(diffID)) {
 			return true
 		}
-	}
-	if s.pull.c.diffIDs != nil {
-		if diffID := s.pull.c.diffIDs.UncompressedDigest(blob); diffID != "" && diffID != blob {
-			if layers, err := s.Store.LayersByUncompressedDigest(diffID); err == nil && len(layers) > 0 {
+		if toc != "" {
+			if diffID := cache.UncompressedDigestForTOC(toc); diffID != "" && has(s.Store.LayersByUncompressedDigest(diffID)) {
 				return true
 			}
 		}

@@ -22,7 +22,6 @@ import (
 	"go.podman.io/image/v5/types"
 	"go.podman.io/storage"
 	"golang.org/x/sync/errgroup"
-	"golang.org/x/sync/semaphore"
 
 	"github.com/herd-project/herd/commit"
 )
@@ -81,7 +80,8 @@ func Run(ctx context.Context, inputs []string, opts Options) []*Result {
 
 	// The blob-info cache every copy.Image of the run opens (the same
 	// BlobInfoCacheDir): it knows a blob's DiffID as soon as a pull fetched it.
-	coord := commit.NewCoordinator(blobinfocache.DefaultCache(opts.System))
+	diffIDs, _ := blobinfocache.DefaultCache(opts.System).(commit.DiffIDs) // nil if a future cache lacks TOC lookups
+	coord := commit.NewCoordinator(diffIDs)
 	clock := newRunClock()
 	for _, t := range targets {
 		if t == nil {
@@ -98,7 +98,16 @@ func Run(ctx context.Context, inputs []string, opts Options) []*Result {
 			}
 		}
 	}
-	sem := semaphore.NewWeighted(int64(opts.Jobs))
+	// The reserve covers every image waiting at once (one slot per layer),
+	// twice, so that slots still being reclaimed after a wait never leave a
+	// later wait without its loan.
+	var reserve int64
+	for _, t := range targets {
+		if t != nil {
+			reserve += 2 * int64(len(t.layers))
+		}
+	}
+	sem := newSlots(ctx, opts.Jobs, reserve)
 	var wg sync.WaitGroup
 	for i, t := range targets {
 		if t == nil {
@@ -196,8 +205,10 @@ type imagePull struct {
 	opts   *Options
 	coord  *commit.Coordinator
 	clock  *runClock
-	sem    *semaphore.Weighted
+	sem    *slots
 	p      *commit.Pull
+	waits  int   // this image's waits under way (ip.mu)
+	lent   int64 // slots lent to the run while it waits (ip.mu)
 
 	mu       sync.Mutex
 	fetched  map[digest.Digest]int64 // bytes read per blob, config included
@@ -255,11 +266,20 @@ func (ip *imagePull) copy(ctx context.Context, wd *watchdog) error {
 	p.OnWait = func(w commit.WaitEvent) {
 		wd.waiting(w.End == "")
 		if w.End == "" {
+			ip.mu.Lock()
+			if ip.waits++; ip.waits == 1 {
+				ip.lent = ip.sem.lend(int64(len(ip.target.layers)))
+			}
+			ip.mu.Unlock()
 			ip.emit(Event{Kind: EventLayerWaiting, Blob: w.Blob, Owner: w.Owner})
 			return
 		}
 		ip.mu.Lock()
 		ip.waitEnds[w.Blob] = w.End
+		if ip.waits--; ip.waits == 0 {
+			ip.sem.reclaim(ip.lent)
+			ip.lent = 0
+		}
 		ip.mu.Unlock()
 		logrus.Debugf("%s: waited %s for %s (pulled by %s): %s", ip.result.Name(), w.Waited.Round(time.Millisecond), w.Blob, w.Owner, w.End)
 	}
@@ -299,7 +319,7 @@ func (ip *imagePull) copy(ctx context.Context, wd *watchdog) error {
 	_, err = copy.Image(ctx, policy, dest, src, &copy.Options{
 		SourceCtx:                     ip.opts.System,
 		DestinationCtx:                ip.opts.System,
-		ConcurrentBlobCopiesSemaphore: ip.sem,
+		ConcurrentBlobCopiesSemaphore: ip.sem.sem,
 		Progress:                      progress,
 		// containers/image sends "skipped" events only with an interval set;
 		// the coordinator needs them (Reused, LayerEnded) to end flights.

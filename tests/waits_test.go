@@ -2,6 +2,7 @@ package tests
 
 import (
 	"context"
+	"encoding/json"
 	"io"
 	"net"
 	"net/http"
@@ -30,6 +31,24 @@ import (
 // for ends, never by a clock. These tests fail when a wait ends any other
 // way: by the stall watchdog (an attempt abandoned, a retry), or with an
 // end that says the owner failed when it did not.
+
+// summaryWithin is e.summary, failing the test if herd has not returned
+// within limit: a wait that never ends is a deadlock, and the suite should
+// say so, not run into its own timeout.
+func (e *env) summaryWithin(limit time.Duration, args ...string) (progress.Summary, run) {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
+	defer cancel()
+	r := e.herdContext(ctx, nil, append([]string{"--format", "json"}, args...)...)
+	if ctx.Err() != nil {
+		e.t.Fatalf("herd did not finish within %s (a wait that never ends?)\n%s", limit, r.stderr)
+	}
+	var s progress.Summary
+	if err := json.Unmarshal([]byte(r.stdout), &s); err != nil {
+		e.t.Fatalf("herd's JSON summary does not parse: %v\nstdout:\n%s\nstderr:\n%s", err, r.stdout, r.stderr)
+	}
+	return s, r
+}
 
 // checkCleanWaits fails unless every image of s was pulled in one attempt,
 // no transfer was abandoned as stalled, and every wait ended because the
@@ -68,11 +87,12 @@ func TestDemoSetWaitsEndCleanly(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for rep := 0; rep < repetitions(t, 3); rep++ {
+	for rep := 0; rep < repetitions(t, 2)*3; rep++ {
+		jobs := []string{"2", "4", "8"}[rep%3]
 		e.resetStore()
 		e.reg.ResetCounters()
-		s, r := e.summary(append([]string{"-j", "4"}, refs(images...)...)...)
-		waits := checkCleanWaits(t, s, r, "run "+strconv.Itoa(rep))
+		s, r := e.summaryWithin(2*time.Minute, append([]string{"-j", jobs}, refs(images...)...)...)
+		waits := checkCleanWaits(t, s, r, "-j "+jobs+" run "+strconv.Itoa(rep))
 		for i, p := range images {
 			comp := "gzip" // PushDemoSet: the first three gzip, the others zstd:chunked
 			if i >= 3 {
@@ -84,7 +104,7 @@ func TestDemoSetWaitsEndCleanly(t *testing.T) {
 				}
 			}
 		}
-		t.Logf("run %d: %.2f s wall, %d waits", rep, s.Totals.WallSeconds, waits)
+		t.Logf("-j %s run %d: %.2f s wall, %d waits", jobs, rep, s.Totals.WallSeconds, waits)
 	}
 }
 
@@ -104,7 +124,7 @@ func TestPreseededStoreWaitsEndWithoutTimeout(t *testing.T) {
 		}
 		e.reg.ResetCounters()
 		what := "-j " + strconv.Itoa(jobs)
-		s, r := e.summary(append([]string{"-j", strconv.Itoa(jobs)}, refs(gz...)...)...)
+		s, r := e.summaryWithin(2*time.Minute, append([]string{"-j", strconv.Itoa(jobs)}, refs(gz...)...)...)
 		waits := checkCleanWaits(t, s, r, what)
 		served, unique := int64(0), int64(0)
 		seen := map[digest.Digest]bool{}
@@ -202,7 +222,7 @@ func TestOwnerFailureHandsOverAtOnce(t *testing.T) {
 					blob := a.Layers[0].Digest
 					requests, failedAt := failBlob(t, e, blob, a.Layers[0].Size, kind, time.Second)
 
-					s, r := e.summary("-j", "4", "--retry", retries, "--retry-delay", "10ms", "--stall-timeout", "10m", a.Ref, b.Ref)
+					s, r := e.summaryWithin(2*time.Minute, "-j", "4", "--retry", retries, "--retry-delay", "10ms", "--stall-timeout", "10m", a.Ref, b.Ref)
 					if !strings.Contains(r.stderr, "waiting for") {
 						t.Fatalf("no image waited for the other's blob; the test did not exercise a takeover\n%s", r.stderr)
 					}
@@ -340,5 +360,30 @@ func TestSlowCommitIsNotAStall(t *testing.T) {
 		if _, err := base.Image(named.String()); err != nil {
 			t.Errorf("%s is not in the store: %v", p.Ref, err)
 		}
+	}
+}
+
+// Issue 10, item 2 at fleet scale, and invariant 4 of package commit: when
+// the owner of the fleet's shared base fails, its pull can hand the blob over
+// only once its copy.Image returns, which needs slots for its upper layers
+// and config while the other images wait holding theirs. Waiting images lend
+// their slots to the run (pull/slots.go); without that this run never ends.
+func TestOwnerFailureInAFleetNeverDeadlocks(t *testing.T) {
+	e := newEnv(t, testregistry.Options{})
+	images := fleet(e, "gzip")
+	base := images[0].Layers[0]
+	for _, jobs := range []string{"1", "2", "4"} {
+		e.resetStore()
+		e.reg.ResetCounters()
+		failBlob(t, e, base.Digest, base.Size, "500", time.Second)
+		s, r := e.summaryWithin(2*time.Minute, append([]string{"-j", jobs, "--retry", "0", "--stall-timeout", "10m"}, refs(images...)...)...)
+		t.Logf("-j %s: %d pulled, %d failed in %.2f s (the failure is sent after 1 s)", jobs, s.Totals.OK, s.Totals.Failed, s.Totals.WallSeconds)
+		if s.Totals.Failed != 1 || s.Totals.OK != len(images)-1 {
+			t.Errorf("-j %s: %d pulled, %d failed; want every image but the base's first owner pulled\n%s", jobs, s.Totals.OK, s.Totals.Failed, r.stderr)
+		}
+		if got := e.reg.BlobBytes(base.Digest); got != base.Size {
+			t.Errorf("-j %s: base served %d bytes after the failure, want one fetch (%d)", jobs, got, base.Size)
+		}
+		checkStore(t, e.store())
 	}
 }
