@@ -65,7 +65,7 @@ func TestBenchQuick(t *testing.T) {
 	table := stdout.String()
 	t.Logf("bench -quick:\n%s", table)
 
-	contenders := []string{"herd", "plaincopy"}
+	contenders := []string{"herd", "herd-preseeded", "plaincopy"}
 	if cfg.podman != "" {
 		contenders = append(contenders, "podman-one-call", "podman-per-image")
 	} else {

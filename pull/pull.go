@@ -107,7 +107,7 @@ func Run(ctx context.Context, inputs []string, opts Options) []*Result {
 			reserve += 2 * int64(len(t.layers))
 		}
 	}
-	sem := newSlots(ctx, opts.Jobs, reserve)
+	slots := newSlots(ctx, opts.Jobs, reserve)
 	var wg sync.WaitGroup
 	for i, t := range targets {
 		if t == nil {
@@ -116,7 +116,7 @@ func Run(ctx context.Context, inputs []string, opts Options) []*Result {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			run := &imagePull{index: i, target: t, result: results[i], opts: &opts, coord: coord, clock: clock, sem: sem}
+			run := &imagePull{index: i, target: t, result: results[i], opts: &opts, coord: coord, clock: clock, slots: slots}
 			run.pull(ctx)
 			if run.result.Err != nil && opts.FailFast {
 				cancel()
@@ -205,12 +205,12 @@ type imagePull struct {
 	opts   *Options
 	coord  *commit.Coordinator
 	clock  *runClock
-	sem    *slots
+	slots  *slots
 	p      *commit.Pull
-	waits  int   // this image's waits under way (ip.mu)
-	lent   int64 // slots lent to the run while it waits (ip.mu)
 
 	mu       sync.Mutex
+	waits    int                     // this image's waits for other pulls' blobs under way
+	lent     int64                   // slots lent to the run while it waits
 	fetched  map[digest.Digest]int64 // bytes read per blob, config included
 	done     map[digest.Digest]bool
 	skipped  map[digest.Digest]string // Reused or Waited
@@ -268,7 +268,7 @@ func (ip *imagePull) copy(ctx context.Context, wd *watchdog) error {
 		if w.End == "" {
 			ip.mu.Lock()
 			if ip.waits++; ip.waits == 1 {
-				ip.lent = ip.sem.lend(int64(len(ip.target.layers)))
+				ip.lent = ip.slots.lend(int64(len(ip.target.layers)))
 			}
 			ip.mu.Unlock()
 			ip.emit(Event{Kind: EventLayerWaiting, Blob: w.Blob, Owner: w.Owner})
@@ -277,7 +277,7 @@ func (ip *imagePull) copy(ctx context.Context, wd *watchdog) error {
 		ip.mu.Lock()
 		ip.waitEnds[w.Blob] = w.End
 		if ip.waits--; ip.waits == 0 {
-			ip.sem.reclaim(ip.lent)
+			ip.slots.reclaim(ip.lent)
 			ip.lent = 0
 		}
 		ip.mu.Unlock()
@@ -319,7 +319,7 @@ func (ip *imagePull) copy(ctx context.Context, wd *watchdog) error {
 	_, err = copy.Image(ctx, policy, dest, src, &copy.Options{
 		SourceCtx:                     ip.opts.System,
 		DestinationCtx:                ip.opts.System,
-		ConcurrentBlobCopiesSemaphore: ip.sem.sem,
+		ConcurrentBlobCopiesSemaphore: ip.slots.sem,
 		Progress:                      progress,
 		// containers/image sends "skipped" events only with an interval set;
 		// the coordinator needs them (Reused, LayerEnded) to end flights.
