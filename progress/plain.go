@@ -70,7 +70,11 @@ func (p *Plain) Observe(e pull.Event) {
 		if len(r.Layers) == 1 {
 			layers = "layer"
 		}
-		fmt.Fprintf(p.w, "%s: resolved to %s@%s%s, %d %s: pulling\n", name, r.Reference, r.Digest, platform, len(r.Layers), layers)
+		resolved := r.Reference + "@" + r.Digest.String()
+		if strings.Contains(r.Reference, "@") { // pulled by digest: it names itself
+			resolved = r.Reference
+		}
+		fmt.Fprintf(p.w, "%s: resolved to %s%s, %d %s: pulling\n", name, resolved, platform, len(r.Layers), layers)
 	case pull.EventLayerWaiting:
 		fmt.Fprintf(p.w, "%s: blob %s: waiting for %s, which is fetching it\n", name, short(e.Blob), e.Owner)
 	case pull.EventLayerDone:

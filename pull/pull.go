@@ -15,7 +15,6 @@ import (
 	digest "github.com/opencontainers/go-digest"
 	"github.com/sirupsen/logrus"
 	"go.podman.io/image/v5/copy"
-	"go.podman.io/image/v5/docker"
 	"go.podman.io/image/v5/pkg/blobinfocache"
 	"go.podman.io/image/v5/signature"
 	istorage "go.podman.io/image/v5/storage"
@@ -155,6 +154,7 @@ func resolveAll(ctx context.Context, inputs []string, opts Options) ([]*target, 
 			continue
 		}
 		if first := byDigest[t.digest]; first != nil {
+			t.source.close() // pulled through first's
 			first.inputs = append(first.inputs, t.inputs...)
 			if t.named.String() != first.named.String() {
 				first.aliases = append(first.aliases, t.named)
@@ -239,6 +239,7 @@ func (ip *imagePull) pull(ctx context.Context) {
 	}
 
 	err := ip.copyWithRetries(ctx) // names the image in its error
+	ip.target.source.close()
 	ip.finishLayers()
 	if err != nil && ctx.Err() != nil {
 		// The run was cancelled (a signal, or --fail-fast): say so rather than
@@ -297,10 +298,6 @@ func (ip *imagePull) copy(ctx context.Context, wd *watchdog) error {
 	if err != nil {
 		return err
 	}
-	src, err := docker.NewReference(ip.target.named)
-	if err != nil {
-		return err
-	}
 	policy, err := signature.NewPolicyContext(ip.opts.Policy) // not safe for concurrent use: one per image
 	if err != nil {
 		return err
@@ -316,7 +313,7 @@ func (ip *imagePull) copy(ctx context.Context, wd *watchdog) error {
 			ip.onProgress(pp)
 		}
 	}()
-	_, err = copy.Image(ctx, policy, dest, src, &copy.Options{
+	_, err = copy.Image(ctx, policy, dest, ip.target.source, &copy.Options{
 		SourceCtx:                     ip.opts.System,
 		DestinationCtx:                ip.opts.System,
 		ConcurrentBlobCopiesSemaphore: ip.slots.sem,

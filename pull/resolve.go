@@ -38,6 +38,44 @@ type target struct {
 	platform  string
 	layers    []types.BlobInfo
 	aliases   []reference.Named // other names of the same manifest, from other inputs
+	source    *resolvedSource   // what copy.Image reads the image from
+}
+
+// resolvedSource is the reference herd gives copy.Image as the image's
+// source. Its first NewImageSource returns the source resolve opened and
+// read the manifest from, so copy.Image reads the manifest from that
+// source's cache instead of asking the registry again: a second GET counts
+// against registries' pull limits, and a tag moved in between would store
+// another image than the one herd planned and deduplicated on. Later
+// attempts (retries) open a source by the resolved digest, for the same
+// reason. The source handed out is containers/image's own, not a wrapper:
+// wrapping would drop its private methods, and with them partial pulls.
+type resolvedSource struct {
+	types.ImageReference // NAME@DIGEST
+
+	mu     sync.Mutex
+	opened types.ImageSource // until handed out
+}
+
+func (r *resolvedSource) NewImageSource(ctx context.Context, sys *types.SystemContext) (types.ImageSource, error) {
+	r.mu.Lock()
+	src := r.opened
+	r.opened = nil
+	r.mu.Unlock()
+	if src != nil {
+		return src, nil
+	}
+	return r.ImageReference.NewImageSource(ctx, sys)
+}
+
+// close closes the source resolve opened, if copy.Image never took it.
+func (r *resolvedSource) close() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.opened != nil {
+		_ = r.opened.Close()
+		r.opened = nil
+	}
 }
 
 // resolve turns what the user typed into a target: short names through
@@ -46,7 +84,7 @@ type target struct {
 // before copy.Image, so that tags naming the same manifest are pulled once
 // and so that the coordinator knows every layer's TOC digest up front.
 func resolve(ctx context.Context, sys *types.SystemContext, input string) (*target, error) {
-	resolved, err := resolveShortName(sys, input)
+	resolved, err := resolveShortName(sys, withoutTagIfDigested(input))
 	if err != nil {
 		return nil, err
 	}
@@ -68,6 +106,24 @@ func resolve(ctx context.Context, sys *types.SystemContext, input string) (*targ
 		errs = append(errs, explain(sys, c.Value, err))
 	}
 	return nil, resolved.FormatPullErrors(errs)
+}
+
+// withoutTagIfDigested drops the tag of a reference that has both a tag
+// and a digest (NAME:TAG@DIGEST), as podman does: the digest names the
+// image, and containers/image refuses references with both. The name is
+// kept as typed, so a short name still goes through registries.conf.
+func withoutTagIfDigested(input string) string {
+	ref, err := reference.Parse(input)
+	if err != nil {
+		return input // short-name resolution reports it
+	}
+	named, isNamed := ref.(reference.Named)
+	_, tagged := ref.(reference.Tagged)
+	digested, hasDigest := ref.(reference.Digested)
+	if !isNamed || !tagged || !hasDigest {
+		return input
+	}
+	return named.Name() + "@" + digested.Digest().String()
 }
 
 // promptMu keeps shortnames.Resolve's terminal prompts (enforcing or
@@ -176,8 +232,9 @@ func isCertError(err error) bool {
 }
 
 // inspect reads the manifest named (and, for a list, the instance chosen
-// for the platform in sys) and returns what a pull of it needs to know.
-func inspect(ctx context.Context, sys *types.SystemContext, named reference.Named) (*target, error) {
+// for the platform in sys) and returns what a pull of it needs to know,
+// with the source it read them from still open (target.source).
+func inspect(ctx context.Context, sys *types.SystemContext, named reference.Named) (_ *target, err error) {
 	ref, err := docker.NewReference(reference.TagNameOnly(named))
 	if err != nil {
 		return nil, err
@@ -186,7 +243,11 @@ func inspect(ctx context.Context, sys *types.SystemContext, named reference.Name
 	if err != nil {
 		return nil, err
 	}
-	defer src.Close()
+	defer func() {
+		if err != nil {
+			_ = src.Close()
+		}
+	}()
 	blob, mimeType, err := src.GetManifest(ctx, nil)
 	if err != nil {
 		return nil, err
@@ -227,6 +288,15 @@ func inspect(ctx context.Context, sys *types.SystemContext, named reference.Name
 			t.layers = append(t.layers, l.BlobInfo)
 		}
 	}
+	pinned, err := reference.WithDigest(reference.TrimNamed(t.named), t.digest)
+	if err != nil {
+		return nil, err
+	}
+	byDigest, err := docker.NewReference(pinned)
+	if err != nil {
+		return nil, err
+	}
+	t.source = &resolvedSource{ImageReference: byDigest, opened: src}
 	return t, nil
 }
 

@@ -75,7 +75,9 @@ type Registry struct {
 	mu    sync.Mutex
 	bytes map[digest.Digest]int64
 	gets  map[digest.Digest]int
-	total int64
+	// manifestGets counts GET requests per manifest path: "REPO/manifests/REF".
+	manifestGets map[string]int
+	total        int64
 }
 
 // Start starts a registry with in-memory storage (or Options.RootDirectory) on a random 127.0.0.1 port
@@ -135,10 +137,11 @@ func Start(ctx context.Context, opts Options) (r *Registry, err error) {
 	}
 
 	r = &Registry{
-		cancel: cancel,
-		quiet:  opts.Quiet,
-		bytes:  map[digest.Digest]int64{},
-		gets:   map[digest.Digest]int{},
+		cancel:       cancel,
+		quiet:        opts.Quiet,
+		bytes:        map[digest.Digest]int64{},
+		gets:         map[digest.Digest]int{},
+		manifestGets: map[string]int{},
 
 		cleanup: cleanup,
 	}
@@ -210,6 +213,14 @@ func (r *Registry) BlobGets(d digest.Digest) int {
 	return r.gets[d]
 }
 
+// ManifestGets returns the number of GET requests (not HEAD) for the
+// manifest of repo (without the host) by ref, a tag or a digest.
+func (r *Registry) ManifestGets(repo, ref string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.manifestGets[repo+"/manifests/"+ref]
+}
+
 // TotalBlobBytes returns the body bytes served for all blob GETs.
 func (r *Registry) TotalBlobBytes() int64 {
 	r.mu.Lock()
@@ -230,11 +241,14 @@ func (r *Registry) ResetCounters() {
 	defer r.mu.Unlock()
 	r.bytes = map[digest.Digest]int64{}
 	r.gets = map[digest.Digest]int{}
+	r.manifestGets = map[string]int{}
 	r.total = 0
 }
 
 // blobPath matches /v2/<name>/blobs/<digest>; upload URLs
 // (/blobs/uploads/...) do not match because they contain no digest.
+var manifestPath = regexp.MustCompile(`^/v2/(.+)/manifests/([^/]+)$`)
+
 var blobPath = regexp.MustCompile(`^/v2/(.+)/blobs/([A-Za-z0-9_+.-]+:[A-Za-z0-9=_-]+)$`)
 
 // middleware counts, throttles and hooks blob GETs; everything else goes
@@ -244,6 +258,11 @@ func (r *Registry) middleware(next http.Handler) http.Handler {
 		if req.Method != http.MethodGet {
 			next.ServeHTTP(w, req)
 			return
+		}
+		if m := manifestPath.FindStringSubmatch(req.URL.Path); m != nil {
+			r.mu.Lock()
+			r.manifestGets[m[1]+"/manifests/"+m[2]]++
+			r.mu.Unlock()
 		}
 		m := blobPath.FindStringSubmatch(req.URL.Path)
 		if m == nil {
