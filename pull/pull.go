@@ -5,9 +5,12 @@
 package pull
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
+	"strings"
 	"sync"
 	"time"
 
@@ -252,6 +255,40 @@ func (ip *imagePull) pull(ctx context.Context) {
 	}
 	if err := ip.name(); err != nil {
 		ip.result.Err = fmt.Errorf("pulling %s: %w", ip.result.Name(), err)
+		return
+	}
+	ip.checkPlatform(ctx)
+}
+
+// checkPlatform records the platform of the image pulled and warns, as
+// podman does, when it is not the one asked for (--platform, --os, --arch,
+// --variant, or the host's): a registry may serve a single-platform image
+// for any platform, and containers/image only logs that at info level.
+func (ip *imagePull) checkPlatform(ctx context.Context) {
+	ref, err := istorage.Transport.NewStoreReference(ip.opts.Store, nil, ip.result.ImageID)
+	if err != nil {
+		return
+	}
+	img, err := ref.NewImage(ctx, ip.opts.System)
+	if err != nil {
+		return
+	}
+	defer img.Close()
+	info, err := img.Inspect(ctx)
+	if err != nil || info.Os == "" || info.Architecture == "" {
+		return
+	}
+	got := strings.TrimSuffix(info.Os+"/"+info.Architecture+"/"+info.Variant, "/")
+	ip.result.Platform = got
+	wantOS, wantArch, wantVariant := runtime.GOOS, runtime.GOARCH, ""
+	if sys := ip.opts.System; sys != nil {
+		wantOS = cmp.Or(sys.OSChoice, wantOS)
+		wantArch = cmp.Or(sys.ArchitectureChoice, wantArch)
+		wantVariant = sys.VariantChoice
+	}
+	if info.Os != wantOS || info.Architecture != wantArch || (wantVariant != "" && info.Variant != wantVariant) {
+		want := strings.TrimSuffix(wantOS+"/"+wantArch+"/"+wantVariant, "/")
+		logrus.Warnf("%s: image platform (%s) does not match the expected platform (%s)", ip.result.Name(), got, want)
 	}
 }
 

@@ -90,3 +90,32 @@ func TestTagAndDigestPullsTheDigest(t *testing.T) {
 		t.Errorf("stdout %q, want the image ID %s", r.stdout, img.ID)
 	}
 }
+
+// Item 3: a platform mismatch warns as podman does, and the JSON summary has
+// the platform pulled, for a single-platform image too.
+func TestPlatformMismatchWarns(t *testing.T) {
+	e := newEnv(t, testregistry.Options{})
+	a := e.push("single:1", testimage.Image{Layers: []testimage.Layer{baseLayer, ownLayer(74)},
+		Platform: testimage.Platform{OS: "linux", Arch: "amd64"}}, "gzip")
+	const warning = "does not match the expected platform"
+
+	s, r := e.summary("--os", "linux", "--arch", "amd64", a.Ref)
+	if r.code != 0 || strings.Contains(r.stderr, warning) {
+		t.Fatalf("pulling amd64 for amd64: exit %d, or a warning:\n%s", r.code, r.stderr)
+	}
+	if s.Images[0].Platform != "linux/amd64" {
+		t.Errorf("summary platform %q, want linux/amd64", s.Images[0].Platform)
+	}
+
+	e.resetStore()
+	s, r = e.summary("--arch", "arm64", a.Ref)
+	if r.code != 0 {
+		t.Fatalf("exit %d (podman pulls it and warns)\n%s", r.code, r.stderr)
+	}
+	if !strings.Contains(r.stderr, a.Ref+": image platform (linux/amd64) "+warning+" (linux/arm64)") {
+		t.Errorf("no warning naming the image and both platforms:\n%s", r.stderr)
+	}
+	if s.Images[0].Platform != "linux/amd64" {
+		t.Errorf("summary platform %q, want the platform pulled, linux/amd64", s.Images[0].Platform)
+	}
+}
