@@ -3,6 +3,11 @@
 TAGS := containers_image_openpgp exclude_graphdriver_btrfs
 GO   ?= go
 GOFLAGS_TAGS := -tags '$(TAGS)'
+# make build stamps the version (`herd version`, the User-Agent, the JSON
+# summary) from git; a plain go build says "dev".
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT  ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+LDFLAGS := -X github.com/herd-project/herd/cmd.version=$(VERSION) -X github.com/herd-project/herd/cmd.commit=$(COMMIT)
 
 .PHONY: all build test demo vet clean tags fuzz completions bench
 
@@ -14,7 +19,7 @@ tags:
 	@echo $(TAGS)
 
 build:
-	$(GO) build $(GOFLAGS_TAGS) -o bin/herd .
+	$(GO) build $(GOFLAGS_TAGS) -ldflags '$(LDFLAGS)' -o bin/herd .
 
 # demo: a local registry with sample images, pulled by herd into a temporary store; offline.
 demo: build

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/distribution/reference"
 	"github.com/sirupsen/logrus"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -60,7 +61,8 @@ registries.conf as podman resolves them. Each image's ID is printed on standard
 output; progress and errors go to standard error.
 
 Exit status: 0 if every image was pulled, 1 if any failed (all are still
-attempted unless --fail-fast), 2 for usage errors, 130 or 143 when interrupted.`,
+attempted unless --fail-fast), 2 for usage errors, 125 when herd could not
+start (configuration, storage, policy), 130 or 143 when interrupted.`,
 		Example: `  herd pull docker.io/library/alpine:3.20 quay.io/fedora/fedora:40
   herd pull -j 8 --file images.txt
   kubectl get pods -A -o jsonpath='{..image}' | tr ' ' '\n' | herd pull --file -`,
@@ -79,6 +81,11 @@ attempted unless --fail-fast), 2 for usage errors, 130 or 143 when interrupted.`
 }
 
 func (o *pullOptions) run(c *cobra.Command, args []string, stdio IO) error {
+	// Usage is checked before anything else, the user-namespace re-exec
+	// included, so that a rootless user's mistake gets the usage error alone.
+	if err := o.checkUsage(args); err != nil {
+		return o.startFailed(err, stdio)
+	}
 	// A rootless user's store lives in a user namespace, as with podman.
 	// This re-executes herd with the same arguments and standard input and
 	// exits with its status, so it must come before anything reads stdin
@@ -86,57 +93,17 @@ func (o *pullOptions) run(c *cobra.Command, args []string, stdio IO) error {
 	unshare.MaybeReexecUsingUserNamespace(false)
 	images, err := o.images(args, stdio.Stdin)
 	if err != nil {
-		return err
+		return o.startFailed(err, stdio)
 	}
-	if o.jobs < 1 {
-		return usageErrorf("--jobs must be at least 1")
-	}
-	if o.format != "text" && o.format != "json" {
-		return usageErrorf("--format %q: want text or json", o.format)
-	}
-	opts := pull.Options{Jobs: o.jobs, FailFast: o.failFast}
-	if err := o.retry.apply(&opts); err != nil {
-		return err
-	}
-	sys := &types.SystemContext{DockerRegistryUserAgent: "herd"}
-	if err := o.registry.systemContext(c.Flags(), sys); err != nil {
-		return err
-	}
-	if err := o.platform.systemContext(sys); err != nil {
-		return err
-	}
-	// As podman: a missing or unreadable policy is an error, never an implicit accept.
-	policy, err := signature.DefaultPolicy(sys)
+	opts, cleanup, err := o.start(c, stdio)
 	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return fmt.Errorf("no signature policy: %w; herd never pulls without one: install /etc/containers/policy.json (containers-common) or give --signature-policy", err)
-		}
-		return fmt.Errorf("reading the signature policy: %w", err)
+		return o.startFailed(err, stdio)
 	}
-
-	store, err := o.storage.open(c.Flags())
-	if err != nil {
-		return err
-	}
-	defer func() {
-		if _, err := store.Shutdown(false); err != nil {
-			logrus.Warnf("shutting down the store: %v", err)
-		}
-	}()
-	sys.BlobInfoCacheDir = blobInfoCacheDir(store.GraphRoot())
-	// Big temporary files go to one directory per run that herd removes
-	// itself, so that a failed or interrupted run leaves nothing in /var/tmp;
-	// a killed run's directory is removed by the next run (tmpdir.go).
-	tmp, removeTmp, err := runTempDir(bigFilesDir())
-	if err != nil {
-		return err
-	}
-	defer removeTmp()
-	sys.BigFilesTemporaryDir = tmp
+	defer cleanup()
 
 	display := o.display(stdio)
 	start := time.Now()
-	opts.Store, opts.System, opts.Policy, opts.Observe = store, sys, policy, display.Observe
+	opts.Observe = display.Observe
 	results := pull.Run(c.Context(), images, opts)
 	display.Close()
 	logrus.SetOutput(stdio.Stderr) // no bars to print above any more
@@ -148,12 +115,15 @@ func (o *pullOptions) run(c *cobra.Command, args []string, stdio IO) error {
 			if o.quiet {
 				fmt.Fprintf(stdio.Stderr, "Error: %v\n", r.Err)
 			}
-		} else if o.format == "text" {
-			fmt.Fprintln(stdio.Stdout, r.ImageID)
 		}
 	}
-	if o.format == "json" {
-		if err := progress.NewSummary(results, time.Since(start)).WriteJSON(stdio.Stdout); err != nil {
+	switch o.format {
+	case "text":
+		printIDs(stdio.Stdout, images, results)
+	case "json":
+		s := progress.NewSummary(results, time.Since(start))
+		s.HerdVersion = version
+		if err := s.WriteJSON(stdio.Stdout); err != nil {
 			return err
 		}
 	}
@@ -161,6 +131,120 @@ func (o *pullOptions) run(c *cobra.Command, args []string, stdio IO) error {
 		return failedError{failed}
 	}
 	return nil
+}
+
+// checkUsage finds the mistakes in how herd pull was called that need
+// nothing read or opened: flag values, and the references given as
+// arguments (those from --file are checked once read).
+func (o *pullOptions) checkUsage(args []string) error {
+	if o.jobs < 1 {
+		return usageErrorf("--jobs must be at least 1")
+	}
+	if o.format != "text" && o.format != "json" {
+		return usageErrorf("--format %q: want text or json", o.format)
+	}
+	if len(args) == 0 && len(o.files) == 0 {
+		return usageErrorf("no images to pull: give at least one IMAGE or --file")
+	}
+	for i, a := range args {
+		if strings.TrimSpace(a) == "" {
+			// Most likely an unset shell variable: say so rather than try to pull "".
+			return usageErrorf("argument %d is an empty image reference", i+1)
+		}
+		if err := checkReference(a); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkReference reports a reference that can name no image, as a usage
+// error: a short name or a full one, with a tag, a digest or both.
+func checkReference(ref string) error {
+	if _, err := reference.ParseNormalizedNamed(ref); err != nil {
+		return usageErrorf("%q is not an image reference: %v", ref, err)
+	}
+	return nil
+}
+
+// start reads the configuration (registries, platform, retries, policy)
+// and opens the store: what herd needs before it can pull anything. The
+// returned cleanup shuts the store down and removes the run's temporary
+// directory.
+func (o *pullOptions) start(c *cobra.Command, stdio IO) (pull.Options, func(), error) {
+	opts := pull.Options{Jobs: o.jobs, FailFast: o.failFast}
+	if err := o.retry.apply(&opts); err != nil {
+		return opts, nil, err
+	}
+	sys := &types.SystemContext{DockerRegistryUserAgent: "herd/" + version}
+	if err := o.registry.systemContext(c.Flags(), sys); err != nil {
+		return opts, nil, err
+	}
+	if err := o.platform.systemContext(sys); err != nil {
+		return opts, nil, err
+	}
+	// As podman: a missing or unreadable policy is an error, never an implicit accept.
+	policy, err := signature.DefaultPolicy(sys)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return opts, nil, fmt.Errorf("no signature policy: %w; herd never pulls without one: install /etc/containers/policy.json (containers-common) or give --signature-policy", err)
+		}
+		return opts, nil, fmt.Errorf("reading the signature policy: %w", err)
+	}
+	store, err := o.storage.open(c.Flags())
+	if err != nil {
+		return opts, nil, err
+	}
+	shutdown := func() {
+		if _, err := store.Shutdown(false); err != nil {
+			logrus.Warnf("shutting down the store: %v", err)
+		}
+	}
+	sys.BlobInfoCacheDir = blobInfoCacheDir(store.GraphRoot())
+	// Big temporary files go to one directory per run that herd removes
+	// itself, so that a failed or interrupted run leaves nothing in /var/tmp;
+	// a killed run's directory is removed by the next run (tmpdir.go).
+	tmp, removeTmp, err := runTempDir(bigFilesDir())
+	if err != nil {
+		shutdown()
+		return opts, nil, err
+	}
+	sys.BigFilesTemporaryDir = tmp
+	opts.Store, opts.System, opts.Policy = store, sys, policy
+	return opts, func() { removeTmp(); shutdown() }, nil
+}
+
+// startFailed reports an error that kept herd from pulling anything: with
+// --format json as a summary of its own, so that a script reading standard
+// output always gets one JSON document; the error also goes to standard
+// error, with its exit status, as any other.
+func (o *pullOptions) startFailed(err error, stdio IO) error {
+	if o.format == "json" {
+		s := progress.NewSummary(nil, 0)
+		s.HerdVersion = version
+		s.Error = err.Error()
+		_ = s.WriteJSON(stdio.Stdout)
+	}
+	return err
+}
+
+// printIDs prints, as podman pull does, one image ID per input in input
+// order (an image named by several inputs is printed for each); inputs that
+// failed print nothing here (their errors go to standard error).
+func printIDs(w io.Writer, inputs []string, results []*pull.Result) {
+	ids := map[string]string{}
+	for _, r := range results {
+		if !r.Failed() {
+			for _, in := range r.Inputs {
+				ids[in] = r.ImageID
+			}
+		}
+	}
+	for _, in := range inputs {
+		if id := ids[in]; id != "" {
+			fmt.Fprintln(w, id)
+		}
+	}
 }
 
 // display picks how progress is shown on standard error: nothing with
@@ -182,12 +266,6 @@ func (o *pullOptions) display(stdio IO) progress.Display {
 
 // images gathers the references from the arguments and every --file.
 func (o *pullOptions) images(args []string, stdin io.Reader) ([]string, error) {
-	for i, a := range args {
-		if strings.TrimSpace(a) == "" {
-			// Most likely an unset shell variable: say so rather than try to pull "".
-			return nil, usageErrorf("argument %d is an empty image reference", i+1)
-		}
-	}
 	images := append([]string(nil), args...)
 	for _, path := range o.files {
 		var r io.Reader = stdin
@@ -202,6 +280,11 @@ func (o *pullOptions) images(args []string, stdin io.Reader) ([]string, error) {
 		list, err := parseImageList(r)
 		if err != nil {
 			return nil, usageErrorf("--file %s: %v", path, err)
+		}
+		for _, ref := range list {
+			if err := checkReference(ref); err != nil {
+				return nil, usageErrorf("--file %s: %v", path, err)
+			}
 		}
 		images = append(images, list...)
 	}

@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"sync/atomic"
 	"syscall"
 
@@ -19,8 +20,9 @@ import (
 // Exit statuses, as podman uses them.
 const (
 	ExitOK     = 0
-	ExitFailed = 1 // one or more images were not pulled
-	ExitUsage  = 2 // bad flags or arguments
+	ExitFailed = 1   // one or more images were not pulled
+	ExitUsage  = 2   // bad command, flags or arguments (a malformed reference, no image)
+	ExitStart  = 125 // herd could not start: configuration, storage, policy
 	exitSignal = 128
 )
 
@@ -104,12 +106,13 @@ func ExecuteContext(ctx context.Context, args []string, stdio IO) int {
 		return ExitOK
 	case errors.As(err, &fe):
 		return ExitFailed
-	case errors.As(err, &usageError{}):
+	case errors.As(err, &usageError{}) || strings.HasPrefix(err.Error(), "unknown command "):
+		// cobra's unknown-command error has no type of its own.
 		fmt.Fprintf(stdio.Stderr, "Error: %v\nSee '%s --help'.\n", err, commandPath(root, args))
 		return ExitUsage
 	default:
 		fmt.Fprintf(stdio.Stderr, "Error: %v\n", err)
-		return ExitFailed
+		return ExitStart
 	}
 }
 
@@ -153,6 +156,21 @@ lands, so later images reuse it.`,
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "warn", "log messages at or above `LEVEL`: trace, debug, info, warn, error, fatal, panic")
 	_ = root.RegisterFlagCompletionFunc("log-level", cobra.FixedCompletions(
 		[]string{"trace", "debug", "info", "warn", "error", "fatal", "panic"}, cobra.ShellCompDirectiveNoFileComp))
-	root.AddCommand(newPullCommand(stdio))
+	root.AddCommand(newPullCommand(stdio), newVersionCommand(stdio))
+	root.Version = version
+	root.SetVersionTemplate(versionText())
+	// cobra's completion command takes a shell as a subcommand; anything
+	// else (herd completion tcsh) is an unknown command, not a help screen.
+	root.InitDefaultCompletionCmd()
+	for _, c := range root.Commands() {
+		if c.Name() == "completion" {
+			c.RunE = func(c *cobra.Command, args []string) error {
+				if len(args) > 0 {
+					return usageErrorf("no completion for shell %q: herd completes bash, zsh, fish and powershell", args[0])
+				}
+				return c.Help()
+			}
+		}
+	}
 	return root
 }

@@ -36,20 +36,20 @@ func (Discard) Close()             {}
 // starts with "total:". Bytes read are not reported as they arrive: a log
 // needs the outcome of each blob, not its progress.
 type Plain struct {
-	mu       sync.Mutex
-	w        io.Writer
-	start    time.Time
-	names    map[int]string
-	attempts map[int]int
-	ok       int
-	failed   int
-	fetched  int64
-	reused   int64
+	mu    sync.Mutex
+	w     io.Writer
+	start time.Time
+	names map[int]string
+
+	ok      int
+	failed  int
+	fetched int64
+	reused  int64
 }
 
 // NewPlain returns a Plain display writing to w.
 func NewPlain(w io.Writer) *Plain {
-	return &Plain{w: w, start: time.Now(), names: map[int]string{}, attempts: map[int]int{}}
+	return &Plain{w: w, start: time.Now(), names: map[int]string{}}
 }
 
 func (p *Plain) Observe(e pull.Event) {
@@ -87,8 +87,8 @@ func (p *Plain) Observe(e pull.Event) {
 			fmt.Fprintf(p.w, "%s: blob %s: %s\n", name, short(e.Blob), e.How)
 		}
 	case pull.EventRetrying:
-		p.attempts[e.Image]++
-		fmt.Fprintf(p.w, "%s: retrying (attempt %d) after: %v\n", name, p.attempts[e.Image]+1, e.Err)
+		// containers/common's retry package already logged one line for it,
+		// naming the image and the cause; one is enough.
 	case pull.EventImageDone:
 		r := e.Result
 		p.fetched += r.Fetched

@@ -15,8 +15,12 @@ import (
 // the two in step. Byte counts are blob body bytes read from the registry,
 // as the registry counts them; manifests are not counted.
 type Summary struct {
-	Images []ImageSummary `json:"images"`
-	Totals Totals         `json:"totals"`
+	HerdVersion string         `json:"herdVersion"`
+	Images      []ImageSummary `json:"images"`
+	Totals      Totals         `json:"totals"`
+	// Error is why herd could not pull anything at all (a usage error after
+	// the flags were read, a configuration, storage or policy error).
+	Error string `json:"error,omitempty"`
 }
 
 // ImageSummary is one image of the run: one distinct manifest, whichever

@@ -137,11 +137,12 @@ func Run(ctx context.Context, inputs []string, opts Options) []*Result {
 func resolveAll(ctx context.Context, inputs []string, opts Options) ([]*target, []*Result) {
 	resolved := make([]*target, len(inputs))
 	errs := make([]error, len(inputs))
+	attempts := make([]int, len(inputs))
 	var g errgroup.Group
 	g.SetLimit(opts.Jobs)
 	for i, in := range inputs {
 		g.Go(func() error {
-			resolved[i], errs[i] = resolveWithRetries(ctx, opts, in)
+			resolved[i], attempts[i], errs[i] = resolveWithRetries(ctx, opts, in)
 			return nil
 		})
 	}
@@ -153,7 +154,7 @@ func resolveAll(ctx context.Context, inputs []string, opts Options) ([]*target, 
 	for i, t := range resolved {
 		if errs[i] != nil {
 			targets = append(targets, nil)
-			results = append(results, &Result{Inputs: []string{inputs[i]}, Err: fmt.Errorf("pulling %s: %w", inputs[i], errs[i])})
+			results = append(results, &Result{Inputs: []string{inputs[i]}, Attempts: attempts[i], Err: errs[i]})
 			continue
 		}
 		if first := byDigest[t.digest]; first != nil {

@@ -46,7 +46,8 @@ type Result struct {
 	Fetched  int64         `json:"fetched"`
 	Duration time.Duration `json:"duration"`
 	// Attempts is how many times the image's copy was started: 1, plus one
-	// per retry after a transient failure (0 if it was never started).
+	// per retry after a transient failure; for an input that failed while
+	// its manifest was read, how many times that was tried.
 	Attempts int   `json:"attempts"`
 	Err      error `json:"-"`
 }

@@ -43,21 +43,28 @@ func (ip *imagePull) copyWithRetries(ctx context.Context) error {
 // resolveWithRetries is resolve, retried as an image's copy is: reading
 // a manifest meets the same transient failures as reading a blob. A
 // manifest is small and reports no progress, so each attempt is simply
-// bounded by the stall timeout, and one that runs out is retried.
-func resolveWithRetries(ctx context.Context, opts Options, input string) (*target, error) {
+// bounded by the stall timeout, and one that runs out is retried. It
+// returns how many attempts it made, and errors that name the input (so
+// does pkg/retry's warning before each retry).
+func resolveWithRetries(ctx context.Context, opts Options, input string) (*target, int, error) {
 	var t *target
+	attempts := 0
 	err := retry.IfNecessary(ctx, func() error {
+		attempts++
 		stalled := &stallError{timeout: opts.StallTimeout, what: "reading the manifest of " + input}
 		actx, cancel := context.WithTimeoutCause(ctx, opts.StallTimeout, stalled)
 		defer cancel()
 		var err error
 		t, err = resolve(actx, opts.System, input)
 		if err != nil && ctx.Err() == nil && context.Cause(actx) == stalled {
-			return stalled
+			err = stalled
 		}
-		return err // containers/image's errors name the repository
+		if err != nil {
+			return fmt.Errorf("pulling %s: %w", input, err)
+		}
+		return nil
 	}, retryOptions(ctx, &opts))
-	return t, err
+	return t, attempts, err
 }
 
 // retryOptions configures pkg/retry for a run: --retry, --retry-delay, and

@@ -68,9 +68,16 @@ func (e *env) checkStoreEmpty(why string) {
 // standard error says every one of the phrases.
 func wantFailure(t *testing.T, r run, what string, phrases ...string) {
 	t.Helper()
+	wantStatus(t, r, what, 1, phrases...)
+}
+
+// wantStatus checks that a run exited with code and that its standard
+// error says every one of the phrases.
+func wantStatus(t *testing.T, r run, what string, code int, phrases ...string) {
+	t.Helper()
 	t.Logf("%s: herd said:\n%s", what, r.stderr) // the messages, for review with -v
-	if r.code != 1 {
-		t.Errorf("%s: exit status %d, want 1\nstderr:\n%s", what, r.code, r.stderr)
+	if r.code != code {
+		t.Errorf("%s: exit status %d, want %d\nstderr:\n%s", what, r.code, code, r.stderr)
 	}
 	for _, p := range phrases {
 		if !strings.Contains(r.stderr, p) {
@@ -327,7 +334,7 @@ func TestSignaturePolicy(t *testing.T) {
 
 	missing := filepath.Join(e.dir, "no-such-policy.json")
 	r = e.herd("--signature-policy", missing, img.Ref)
-	wantFailure(t, r, "missing policy", "no signature policy", missing)
+	wantStatus(t, r, "missing policy", 125, "no signature policy", missing) // herd could not start
 	e.checkStoreEmpty("missing policy")
 
 	e.omit = map[string]bool{"--signature-policy": true}

@@ -258,9 +258,6 @@ func TestHostileInputs(t *testing.T) {
 	blobOf := func(l rawLayer) string { return digest.FromBytes(l.blob).String() }
 
 	cases := []hostileCase{
-		{"invalid reference", func(t *testing.T, e *env, h *hostileFixture) (string, []string) {
-			return "Not//Valid::Ref", []string{"invalid reference format"}
-		}},
 		{"unknown manifest media type", func(t *testing.T, e *env, h *hostileFixture) (string, []string) {
 			e.push("unknown-type:1", testimage.Image{Layers: []testimage.Layer{ownLayer(92)}}, "gzip")
 			return h.proxy + "/unknown-type:1", []string{`"application/vnd.example.unknown.v1+json"`, "not a manifest type herd can pull"}

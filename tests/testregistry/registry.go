@@ -71,6 +71,8 @@ type Registry struct {
 	limiter *limiter // nil when unlimited
 	quiet   bool
 	hook    atomic.Pointer[BlobHook]
+	// manifestHook, if set, sees every manifest GET first (SetManifestHook).
+	manifestHook atomic.Pointer[func(w http.ResponseWriter, req *http.Request) bool]
 
 	mu    sync.Mutex
 	bytes map[digest.Digest]int64
@@ -213,6 +215,16 @@ func (r *Registry) BlobGets(d digest.Digest) int {
 	return r.gets[d]
 }
 
+// SetManifestHook installs h (nil removes it): it sees every manifest GET
+// first and answers it itself by returning true. Safe to call while serving.
+func (r *Registry) SetManifestHook(h func(w http.ResponseWriter, req *http.Request) (handled bool)) {
+	if h == nil {
+		r.manifestHook.Store(nil)
+		return
+	}
+	r.manifestHook.Store(&h)
+}
+
 // ManifestGets returns the number of GET requests (not HEAD) for the
 // manifest of repo (without the host) by ref, a tag or a digest.
 func (r *Registry) ManifestGets(repo, ref string) int {
@@ -263,6 +275,9 @@ func (r *Registry) middleware(next http.Handler) http.Handler {
 			r.mu.Lock()
 			r.manifestGets[m[1]+"/manifests/"+m[2]]++
 			r.mu.Unlock()
+			if h := r.manifestHook.Load(); h != nil && (*h)(w, req) {
+				return
+			}
 		}
 		m := blobPath.FindStringSubmatch(req.URL.Path)
 		if m == nil {
