@@ -12,16 +12,19 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 
 	"github.com/distribution/reference"
+	"github.com/moby/sys/mountinfo"
 	digest "github.com/opencontainers/go-digest"
 	istorage "go.podman.io/image/v5/storage"
 	"go.podman.io/storage"
 	"go.podman.io/storage/pkg/reexec"
 	storagetypes "go.podman.io/storage/types"
+	"golang.org/x/sys/unix"
 
 	"github.com/herd-project/herd/cmd"
 	"github.com/herd-project/herd/progress"
@@ -66,7 +69,8 @@ type env struct {
 
 func newEnv(t testing.TB, opts testregistry.Options) *env {
 	t.Helper()
-	dir := t.TempDir() // t.TempDir strips ':' from test names; overlay needs that
+	dir := t.TempDir()                         // t.TempDir strips ':' from test names; overlay needs that
+	t.Cleanup(func() { unmountBelow(t, dir) }) // runs before t.TempDir's removal
 	e := &env{
 		t:       t,
 		reg:     testregistry.StartT(t, opts),
@@ -84,6 +88,22 @@ func newEnv(t testing.TB, opts testregistry.Options) *env {
 	write(t, e.regconf, "") // no system registries.conf: tests use fully qualified names
 	e.resetStore()
 	return e
+}
+
+// unmountBelow detaches every mount below dir, deepest first. A herd killed
+// while containers/storage probes the overlay driver (metacopy-check,
+// compat directories) leaves that probe's mount behind: the kernel does not
+// undo a dead process's mounts, and the directory cannot be removed.
+func unmountBelow(t testing.TB, dir string) {
+	mounts, err := mountinfo.GetMounts(mountinfo.PrefixFilter(dir))
+	if err != nil {
+		return
+	}
+	slices.SortFunc(mounts, func(a, b *mountinfo.Info) int { return len(b.Mountpoint) - len(a.Mountpoint) })
+	for _, m := range mounts {
+		t.Logf("unmounting %s, left behind below the test's directory", m.Mountpoint)
+		_ = unix.Unmount(m.Mountpoint, unix.MNT_DETACH)
+	}
 }
 
 // resetStore points the env at a new empty store.
