@@ -38,9 +38,7 @@
 //     blob (Pull.Done), whatever the reason: its fetch failed, a lower
 //     layer failed, it was abandoned as stalled, or it was cancelled.
 //     Waiters then look the layer up again; if it is still missing they
-//     claim it. A flight must never outlive its owner's fetch: an owner that
-//     is not fetching may need a new semaphore slot, and waiters may hold
-//     them all.
+//     claim it.
 //  3. Waiting never forms a cycle. containers/image holds the waiting image's
 //     destination lock while it asks the store, so a waiting pull cannot
 //     commit anything until its wait ends. A pull therefore waits for another
