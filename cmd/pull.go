@@ -95,7 +95,7 @@ func (o *pullOptions) run(c *cobra.Command, args []string, stdio IO) error {
 	if err != nil {
 		return o.startFailed(err, stdio)
 	}
-	opts, cleanup, err := o.start(c, stdio)
+	opts, cleanup, err := o.start(c)
 	if err != nil {
 		return o.startFailed(err, stdio)
 	}
@@ -171,7 +171,7 @@ func checkReference(ref string) error {
 // and opens the store: what herd needs before it can pull anything. The
 // returned cleanup shuts the store down and removes the run's temporary
 // directory.
-func (o *pullOptions) start(c *cobra.Command, stdio IO) (pull.Options, func(), error) {
+func (o *pullOptions) start(c *cobra.Command) (pull.Options, func(), error) {
 	opts := pull.Options{Jobs: o.jobs, FailFast: o.failFast}
 	if err := o.retry.apply(&opts); err != nil {
 		return opts, nil, err
