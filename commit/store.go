@@ -34,7 +34,7 @@ func (s *Store) LayersByCompressedDigest(d digest.Digest) ([]storage.Layer, erro
 		if len(layers) > 0 || (err != nil && !errors.Is(err, storage.ErrLayerUnknown)) {
 			return layers, err
 		}
-		if s.reusable(d) {
+		if s.reusableUnderOtherDigest(d) {
 			// A partially pulled layer has no compressed digest, and a layer
 			// from another compression of the same content has another one;
 			// containers/image finds them by TOC or DiffID right after this
@@ -69,26 +69,30 @@ func (s *Store) LayersByCompressedDigest(d digest.Digest) ([]storage.Layer, erro
 // blob (once any pull fetched it whole) or for its TOC digest (once any
 // pull pulled it partially), whatever blob that layer was made from.
 func (s *Store) reusable(blob digest.Digest) bool {
-	has := func(layers []storage.Layer, err error) bool { return err == nil && len(layers) > 0 }
-	if has(s.Store.LayersByCompressedDigest(blob)) {
-		return true
-	}
+	return hasLayers(s.Store.LayersByCompressedDigest(blob)) || s.reusableUnderOtherDigest(blob)
+}
+
+// reusableUnderOtherDigest is reusable without the lookup by blob's own
+// compressed digest, for callers that have just made it.
+func (s *Store) reusableUnderOtherDigest(blob digest.Digest) bool {
 	toc := s.pull.c.tocForBlob(blob)
-	if toc != "" && has(s.Store.LayersByTOCDigest(toc)) {
+	if toc != "" && hasLayers(s.Store.LayersByTOCDigest(toc)) {
 		return true
 	}
 	if cache := s.pull.c.diffIDs; cache != nil {
-		if diffID := cache.UncompressedDigest(blob); diffID != "" && diffID != blob && has(s.Store.LayersByUncompressedDigest(diffID)) {
+		if diffID := cache.UncompressedDigest(blob); diffID != "" && diffID != blob && hasLayers(s.Store.LayersByUncompressedDigest(diffID)) {
 			return true
 		}
 		if toc != "" {
-			if diffID := cache.UncompressedDigestForTOC(toc); diffID != "" && has(s.Store.LayersByUncompressedDigest(diffID)) {
+			if diffID := cache.UncompressedDigestForTOC(toc); diffID != "" && hasLayers(s.Store.LayersByUncompressedDigest(diffID)) {
 				return true
 			}
 		}
 	}
 	return false
 }
+
+func hasLayers(layers []storage.Layer, err error) bool { return err == nil && len(layers) > 0 }
 
 // PutLayer commits a fully fetched (or locally copied) layer, and ends the
 // flight of the blob it was made from. The layer's tar is checked on the

@@ -85,10 +85,15 @@ func Run(ctx context.Context, inputs []string, opts Options) []*Result {
 	diffIDs, _ := blobinfocache.DefaultCache(opts.System).(commit.DiffIDs) // nil if a future cache lacks TOC lookups
 	coord := commit.NewCoordinator(diffIDs)
 	clock := newRunClock()
+	// The slot reserve covers every image waiting at once (one slot per
+	// layer), twice, so that slots still being reclaimed after a wait never
+	// leave a later wait without its loan.
+	var reserve int64
 	for _, t := range targets {
 		if t == nil {
 			continue
 		}
+		reserve += 2 * int64(len(t.layers))
 		needed := map[digest.Digest]bool{}
 		for _, l := range t.layers {
 			if toc := tocDigest(l); toc != "" {
@@ -98,15 +103,6 @@ func Run(ctx context.Context, inputs []string, opts Options) []*Result {
 				needed[l.Digest] = true
 				coord.Need(l.Digest)
 			}
-		}
-	}
-	// The reserve covers every image waiting at once (one slot per layer),
-	// twice, so that slots still being reclaimed after a wait never leave a
-	// later wait without its loan.
-	var reserve int64
-	for _, t := range targets {
-		if t != nil {
-			reserve += 2 * int64(len(t.layers))
 		}
 	}
 	slots := newSlots(ctx, opts.Jobs, reserve)

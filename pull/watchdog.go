@@ -20,9 +20,10 @@ import (
 // a dead connection; and since a retry is cheap (committed layers are
 // reused), abandoning it soon costs less than containerd's 5 minutes of
 // waiting. A pull waiting for another pull's blob has no clock of its own:
-// the owner's transfer is bounded by this, and when the owner's attempt ends
-// the wait ends (commit.Coordinator). (containers/image itself waits at most 60s on a 429's
-// Retry-After; a registry asking for exactly that may see one retry more.)
+// the owner's transfer is bounded by this, and when the owner's attempt
+// ends the wait ends (commit.Coordinator). (containers/image itself waits
+// at most 60s on a 429's Retry-After; a registry asking for exactly that
+// may see one retry more.)
 const DefaultStallTimeout = 60 * time.Second
 
 // errStalled is what errors.Is finds in an attempt the watchdog abandoned.

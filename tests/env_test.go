@@ -244,11 +244,17 @@ func (e *env) storeArgs() []string {
 func (e *env) summary(args ...string) (progress.Summary, run) {
 	e.t.Helper()
 	r := e.herd(append([]string{"--format", "json"}, args...)...)
+	return e.parseSummary(r), r
+}
+
+// parseSummary parses the JSON summary a run printed.
+func (e *env) parseSummary(r run) progress.Summary {
+	e.t.Helper()
 	var s progress.Summary
 	if err := json.Unmarshal([]byte(r.stdout), &s); err != nil {
 		e.t.Fatalf("herd's JSON summary does not parse: %v\nstdout:\n%s\nstderr:\n%s", err, r.stdout, r.stderr)
 	}
-	return s, r
+	return s
 }
 
 // store opens the env's store (the same object herd uses while it runs).

@@ -2,7 +2,6 @@ package tests
 
 import (
 	"context"
-	"encoding/json"
 	"io"
 	"net"
 	"net/http"
@@ -43,11 +42,7 @@ func (e *env) summaryWithin(limit time.Duration, args ...string) (progress.Summa
 	if ctx.Err() != nil {
 		e.t.Fatalf("herd did not finish within %s (a wait that never ends?)\n%s", limit, r.stderr)
 	}
-	var s progress.Summary
-	if err := json.Unmarshal([]byte(r.stdout), &s); err != nil {
-		e.t.Fatalf("herd's JSON summary does not parse: %v\nstdout:\n%s\nstderr:\n%s", err, r.stdout, r.stderr)
-	}
-	return s, r
+	return e.parseSummary(r), r
 }
 
 // checkCleanWaits fails unless every image of s was pulled in one attempt,
