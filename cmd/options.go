@@ -1,14 +1,24 @@
 package cmd
 
 import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
+	"time"
 
+	"github.com/sirupsen/logrus"
 	"github.com/spf13/pflag"
 	"go.podman.io/image/v5/types"
 	"go.podman.io/storage"
+	"go.podman.io/storage/pkg/configfile"
+	"go.podman.io/storage/pkg/unshare"
 	storagetypes "go.podman.io/storage/types"
 )
 
@@ -32,7 +42,8 @@ func (o *storageOptions) flags(fs *pflag.FlagSet) {
 
 // storeOptions starts from storage.conf (CONTAINERS_STORAGE_CONF, the
 // system file, or the rootless user file; containers/storage knows which)
-// and applies the flags the way podman does.
+// and applies the flags the way podman does. (open then follows the user's
+// podman where no storage.conf and no flag says which store.)
 func (o *storageOptions) storeOptions(fs *pflag.FlagSet) (storagetypes.StoreOptions, error) {
 	opts, err := storagetypes.DefaultStoreOptions()
 	if err != nil {
@@ -81,11 +92,131 @@ func (o *storageOptions) open(fs *pflag.FlagSet) (storage.Store, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Here rather than in storeOptions, which stays free of side effects
+	// (the fuzz tests call it): this may run podman.
+	fromPodman := false
+	if o.root == "" && o.runroot == "" && !fs.Changed("storage-driver") && perUserStore() && !storageConfApplies() {
+		fromPodman = usePodmanStore(&opts, !fs.Changed("storage-opt"))
+	}
 	store, err := storage.GetStore(opts)
 	if err != nil {
+		if fromPodman {
+			return nil, fmt.Errorf("opening the store the user's podman uses (podman info: driver %s, graph root %s, run root %s; no storage.conf): %w", opts.GraphDriverName, opts.GraphRoot, opts.RunRoot, err)
+		}
 		return nil, fmt.Errorf("opening the store at %s: %w", opts.GraphRoot, err)
 	}
 	return store, nil
+}
+
+// perUserStore is containers/storage's own test for using the user's
+// private store (~/.local/share/containers/storage): rootless, and not root
+// inside a user namespace of its own (a container).
+func perUserStore() bool {
+	return unshare.IsRootless() && unshare.GetRootlessUID() != 0
+}
+
+// storageConfApplies reports whether containers/storage read any
+// storage.conf (CONTAINERS_STORAGE_CONF, the user's, /etc's, /usr/share's, or
+// a drop-in), searching exactly as DefaultStoreOptions did.
+func storageConfApplies() bool {
+	for item, err := range configfile.Read(&configfile.File{
+		Name: "storage", Extension: "conf", EnvironmentName: "CONTAINERS_STORAGE_CONF",
+		UserId: unshare.GetRootlessUID(),
+	}) {
+		// An unreadable file counts as configuration: the user meant one.
+		if err != nil || item != nil {
+			return true
+		}
+	}
+	return false
+}
+
+// podmanInfo is what herd reads of `podman info --format json`.
+type podmanInfo struct {
+	Host struct {
+		ServiceIsRemote bool `json:"serviceIsRemote"`
+	} `json:"host"`
+	Store struct {
+		Driver    string `json:"graphDriverName"`
+		GraphRoot string `json:"graphRoot"`
+		RunRoot   string `json:"runRoot"`
+		// "overlay.mountopt": "nodev", or for a mount_program
+		// {"Executable": "/usr/bin/fuse-overlayfs", "Package": ..., ...}.
+		GraphOptions map[string]any `json:"graphOptions"`
+	} `json:"store"`
+}
+
+// usePodmanStore makes opts the store the user's podman uses, as `podman
+// info` reports it, and reports whether it did. It is for a rootless user
+// with no storage.conf and no store flags, where every containers/storage
+// version falls back to defaults of its own and the versions disagree:
+// Debian 12's podman 4.3 (storage 1.43) picks vfs and runs under
+// /tmp/podman-run-UID or $XDG_RUNTIME_DIR, while herd's storage picks
+// overlay and /tmp/storage-run-UID; podman then keeps whatever driver its
+// database recorded first. herd's images would be invisible to that user's
+// podman, so herd asks podman rather than guessing from its version. Without
+// podman the defaults stay; a podman that fails is worth a warning, as herd
+// may then pull where podman will not look.
+//
+// herd runs here inside its own user namespace (the re-exec in pull's run);
+// podman sees _CONTAINERS_USERNS_CONFIGURED and answers as the same rootless
+// user without making a namespace of its own. This costs one podman start,
+// 0.2-0.4 s here, about as long as `podman info` run by the user.
+func usePodmanStore(opts *storagetypes.StoreOptions, withOptions bool) bool {
+	podman, err := exec.LookPath("podman")
+	if err != nil {
+		logrus.Debugf("rootless without storage.conf, and no podman to ask which store it uses: keeping containers/storage's defaults (driver %q, graph root %s, run root %s)", opts.GraphDriverName, opts.GraphRoot, opts.RunRoot)
+		return false
+	}
+	start := time.Now()
+	info, err := askPodman(podman)
+	if err != nil {
+		logrus.Warnf("rootless without storage.conf: asking podman which store it uses: %v; pulling into containers/storage's default store (graph root %s, run root %s), which that podman may not read: set the driver in ~/.config/containers/storage.conf, or give --storage-driver, --root and --runroot", err, opts.GraphRoot, opts.RunRoot)
+		return false
+	}
+	s := info.Store
+	opts.GraphDriverName, opts.GraphRoot, opts.RunRoot = s.Driver, s.GraphRoot, s.RunRoot
+	if withOptions {
+		// Without storage.conf podman's options came from the same
+		// environment (STORAGE_OPTS) or its own defaults; they belong to
+		// its driver.
+		opts.GraphDriverOptions = nil
+		for k, v := range s.GraphOptions {
+			if m, ok := v.(map[string]any); ok {
+				v = m["Executable"]
+			}
+			if v != nil {
+				opts.GraphDriverOptions = append(opts.GraphDriverOptions, fmt.Sprintf("%s=%v", k, v))
+			}
+		}
+		slices.Sort(opts.GraphDriverOptions)
+	}
+	logrus.Debugf("rootless without storage.conf: using the store the user's podman uses (podman info, %v): driver %s, graph root %s, run root %s, options %q",
+		time.Since(start).Round(time.Millisecond), s.Driver, s.GraphRoot, s.RunRoot, opts.GraphDriverOptions)
+	return true
+}
+
+// askPodman runs `podman info` and checks that it names a local store.
+func askPodman(podman string) (*podmanInfo, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var stdout, stderr bytes.Buffer
+	c := exec.CommandContext(ctx, podman, "info", "--format", "json")
+	c.Stdout, c.Stderr = &stdout, &stderr
+	if err := c.Run(); err != nil {
+		return nil, fmt.Errorf("%s info: %w: %s", podman, err, strings.TrimSpace(stderr.String()))
+	}
+	var info podmanInfo
+	if err := json.Unmarshal(stdout.Bytes(), &info); err != nil {
+		return nil, fmt.Errorf("%s info --format json: %w", podman, err)
+	}
+	switch s := info.Store; {
+	case info.Host.ServiceIsRemote:
+		return nil, errors.New("podman talks to a remote service, whose store is not this user's")
+	case s.Driver == "" || s.GraphRoot == "" || s.RunRoot == "":
+		return nil, fmt.Errorf("%s info names no complete store: driver %q, graph root %q, run root %q", podman, s.Driver, s.GraphRoot, s.RunRoot)
+	}
+	return &info, nil
 }
 
 // registryOptions are how herd reaches registries, named as podman names them.

@@ -113,7 +113,7 @@ func (o *pullOptions) run(c *cobra.Command, args []string, stdio IO) error {
 		if r.Failed() {
 			failed++
 			if o.quiet {
-				fmt.Fprintf(stdio.Stderr, "Error: %v\n", r.Err)
+				fmt.Fprintf(stdio.Stderr, "Error: %s\n", progress.OneLine(r.Err))
 			}
 		}
 	}

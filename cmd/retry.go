@@ -21,7 +21,7 @@ type retryOptions struct {
 func (o *retryOptions) flags(fs *pflag.FlagSet) {
 	fs.UintVar(&o.retries, "retry", pull.DefaultRetries, "number of times to retry pulling an image after a transient failure (network error, HTTP 5xx or 429, stalled transfer)")
 	fs.DurationVar(&o.delay, "retry-delay", 0, "wait `DURATION` between retries (default: exponential backoff from 1s)")
-	fs.DurationVar(&o.stallTimeout, "stall-timeout", pull.DefaultStallTimeout, "abandon and retry an image's transfer after `DURATION` without a byte received")
+	fs.DurationVar(&o.stallTimeout, "stall-timeout", pull.DefaultStallTimeout, "abandon and retry an image's transfer when it receives less than 1 KiB in `DURATION`")
 }
 
 // apply validates the values and sets them in opts.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log"
 	"os"
 	"os/signal"
 	"strings"
@@ -124,6 +125,14 @@ func commandPath(root *cobra.Command, args []string) string {
 	return root.CommandPath()
 }
 
+// stdLogToDebug passes the standard logger's lines to logrus at debug level.
+type stdLogToDebug struct{}
+
+func (stdLogToDebug) Write(p []byte) (int, error) {
+	logrus.Debug(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
 type globalOptions struct {
 	logLevel string
 }
@@ -146,6 +155,13 @@ lands, so later images reuse it.`,
 			}
 			logrus.SetLevel(level)
 			logrus.SetOutput(stdio.Stderr)
+			// net/http logs through the standard logger what a registry does
+			// wrong on an idle connection ("Unsolicited response received on
+			// idle HTTP channel": a Content-Length shorter than the body).
+			// herd already reports the failed transfer itself, naming the
+			// image; the line is for debugging.
+			log.SetFlags(0)
+			log.SetOutput(stdLogToDebug{})
 			return nil
 		},
 	}

@@ -79,6 +79,15 @@
 //     shared layers in the same order in every image, as base images give,
 //     no wait then closes a cycle; only images sharing layers in different
 //     orders still cost a duplicate fetch.
+//  7. An image whose manifest lists the same blob twice is copied one layer
+//     at a time (Pull.OneLayerAtATime): containers/image copies both
+//     occurrences at once, and looks each up while holding the image's
+//     destination lock, which the other occurrence needs to record its
+//     fetched blob; waiting for our own flight would never end, and not
+//     waiting fetches the blob twice. Copied in layer order, the upper
+//     occurrence finds the lower one's fetched blob in containers/image's
+//     own pending files and reuses it. Its layers then never hold a slot
+//     another of its layers needs (invariant 4 holds trivially).
 //
 // Waits happen only in LayersByCompressedDigest, the lookup every
 // TryReusingBlobWithOptions makes before any TOC- or DiffID-based lookup,
@@ -218,6 +227,10 @@ type Pull struct {
 	// OnCommit, if set, is called with the blob digest of every layer this
 	// pull commits and whether it was a partial pull.
 	OnCommit func(blob digest.Digest, partial bool)
+	// OnCommitError, if set, is called with every error of a layer's commit
+	// in this pull, as it happens: containers/image reports it only when all
+	// the image's other layers have ended.
+	OnCommitError func(blob digest.Digest, err error)
 
 	// reusable reports whether a lookup of blob in the shared store finds a
 	// layer; set by Store (invariants 2 and 5).
@@ -241,6 +254,20 @@ func (c *Coordinator) NewPull(ctx context.Context, name string, layers []digest.
 		waitEnds: map[digest.Digest]WaitEnd{},
 		looked:   map[digest.Digest]bool{},
 	}
+}
+
+// OneLayerAtATime reports whether the pull's image lists a layer blob more
+// than once, so that its copy.Image must copy one layer at a time
+// (invariant 7).
+func (p *Pull) OneLayerAtATime() bool {
+	seen := map[digest.Digest]bool{}
+	for _, l := range p.layers {
+		if seen[l] {
+			return true
+		}
+		seen[l] = true
+	}
+	return false
 }
 
 // lookingUp records that the pull's own lookup of blob has started, and

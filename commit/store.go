@@ -2,6 +2,7 @@ package commit
 
 import (
 	"errors"
+	"fmt"
 	"io"
 
 	digest "github.com/opencontainers/go-digest"
@@ -111,7 +112,14 @@ func (s *Store) PutLayer(id, parent string, names []string, mountLabel string, w
 		}
 		return nil, -1, unsafe
 	}
-	if err == nil && layer != nil && layer.CompressedDigest != "" {
+	if err != nil {
+		var blob digest.Digest
+		if options != nil {
+			blob = options.OriginalDigest
+		}
+		return layer, size, s.commitFailed(blob, parent, err)
+	}
+	if layer != nil && layer.CompressedDigest != "" {
 		s.pull.c.committed(layer.CompressedDigest)
 		if s.pull.OnCommit != nil {
 			s.pull.OnCommit(layer.CompressedDigest, false)
@@ -123,13 +131,18 @@ func (s *Store) PutLayer(id, parent string, names []string, mountLabel string, w
 // ApplyStagedLayer commits a partially pulled (zstd:chunked) layer, and ends
 // the flight of the blob it was made from, found through its TOC digest.
 func (s *Store) ApplyStagedLayer(args storage.ApplyStagedLayerOptions) (*storage.Layer, error) {
-	if args.DiffOutput != nil && args.DiffOutput.TOCDigest != "" && s.pull.OnCommitStart != nil {
-		if b := s.pull.c.blobForTOC(args.DiffOutput.TOCDigest); b != "" {
-			s.pull.OnCommitStart(b)
-		}
+	var blob digest.Digest
+	if args.DiffOutput != nil && args.DiffOutput.TOCDigest != "" {
+		blob = s.pull.c.blobForTOC(args.DiffOutput.TOCDigest)
+	}
+	if blob != "" && s.pull.OnCommitStart != nil {
+		s.pull.OnCommitStart(blob)
 	}
 	layer, err := s.Store.ApplyStagedLayer(args)
-	if err == nil && layer != nil {
+	if err != nil {
+		return layer, s.commitFailed(blob, args.ParentLayer, err)
+	}
+	if layer != nil {
 		blob := layer.CompressedDigest
 		if layer.TOCDigest != "" {
 			if b := s.pull.c.blobForTOC(layer.TOCDigest); b != "" {
@@ -144,4 +157,47 @@ func (s *Store) ApplyStagedLayer(args storage.ApplyStagedLayerOptions) (*storage
 		}
 	}
 	return layer, err
+}
+
+// CreateImage records the pulled image; it fails as a commit does when the
+// top layer, reused from the store, was removed meanwhile.
+func (s *Store) CreateImage(id string, names []string, layer, metadata string, options *storage.ImageOptions) (*storage.Image, error) {
+	img, err := s.Store.CreateImage(id, names, layer, metadata, options)
+	if err != nil {
+		return img, s.commitFailed("", layer, err)
+	}
+	return img, nil
+}
+
+// ErrLayerRemoved is what errors.Is finds in an error of a commit whose
+// parent layer (or, for the image itself, top layer) existed when
+// containers/image chose to build on it and was gone when it committed:
+// another process removed it (podman rmi, podman image prune). A new attempt
+// starts from the store as it is now, so it can succeed.
+var ErrLayerRemoved = errors.New("layer removed from the store during the pull")
+
+// layerRemovedError names the layer that disappeared.
+type layerRemovedError struct {
+	layer string
+	err   error
+}
+
+func (e *layerRemovedError) Error() string {
+	return fmt.Sprintf("layer %s, which this image builds on, was removed from the store while herd pulled (by podman rmi or image prune?): %v", e.layer, e.err)
+}
+
+func (e *layerRemovedError) Unwrap() []error { return []error{ErrLayerRemoved, e.err} }
+
+// commitFailed explains err, an error of the commit of blob's layer (or of
+// the image) on top of layer parent, and reports it (OnCommitError).
+func (s *Store) commitFailed(blob digest.Digest, parent string, err error) error {
+	if parent != "" && errors.Is(err, storage.ErrLayerUnknown) {
+		if _, lerr := s.Store.Layer(parent); errors.Is(lerr, storage.ErrLayerUnknown) {
+			err = &layerRemovedError{layer: parent, err: err}
+		}
+	}
+	if s.pull.OnCommitError != nil {
+		s.pull.OnCommitError(blob, err)
+	}
+	return err
 }

@@ -94,7 +94,7 @@ func (p *Plain) Observe(e pull.Event) {
 		p.fetched += r.Fetched
 		if r.Failed() {
 			p.failed++
-			fmt.Fprintf(p.w, "%s: failed: %v\n", name, r.Err)
+			fmt.Fprintf(p.w, "%s: failed: %s\n", name, OneLine(r.Err))
 			return
 		}
 		p.ok++
@@ -127,6 +127,20 @@ func layerSummary(r *pull.Result) string {
 		parts = append(parts, "no layers")
 	}
 	return fmt.Sprintf("%s; %s fetched", strings.Join(parts, ", "), size(r.Fetched))
+}
+
+// OneLine is err's text on one line, its lines joined with "; ": every
+// line herd prints must start with the image's name, and some errors (from
+// the process containers/storage re-executes to apply a layer, a full disk
+// among them) carry a newline.
+func OneLine(err error) string {
+	var parts []string
+	for _, line := range strings.FieldsFunc(err.Error(), func(r rune) bool { return r == '\n' || r == '\r' }) {
+		if line = strings.TrimSpace(line); line != "" {
+			parts = append(parts, line)
+		}
+	}
+	return strings.Join(parts, "; ")
 }
 
 // size formats a byte count the way podman and docker do.

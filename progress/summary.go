@@ -78,7 +78,7 @@ func NewSummary(results []*pull.Result, wall time.Duration) Summary {
 			img.Layers = append(img.Layers, LayerSummary{Digest: l.Digest, Size: l.Size, How: l.How, Fetched: l.Fetched, WaitEnded: l.WaitEnded})
 		}
 		if r.Err != nil {
-			img.Error = r.Err.Error()
+			img.Error = OneLine(r.Err) // as the displays print it
 			s.Totals.Failed++
 		} else {
 			s.Totals.OK++

@@ -353,9 +353,10 @@ type imageView struct {
 	name       string
 	layers     []pull.Layer
 	sizes      map[string]int64  // layer size by digest
+	listed     map[string]int    // how many times the manifest lists each blob
 	reading    map[string]int64  // layers in flight: bytes read
 	waiting    map[string]string // layers another pull fetches: its name
-	obtained   map[string]bool
+	obtained   map[string]int    // how many of a blob's occurrences are obtained, lowest first
 	fetched    int64
 	reused     int64
 	attempts   int
@@ -372,16 +373,17 @@ func newImageView(index int) *imageView {
 
 // reset forgets the layers' progress, for a new attempt.
 func (v *imageView) reset() {
-	v.reading, v.waiting, v.obtained = map[string]int64{}, map[string]string{}, map[string]bool{}
+	v.reading, v.waiting, v.obtained = map[string]int64{}, map[string]string{}, map[string]int{}
 }
 
 func (v *imageView) observe(e pull.Event) {
 	if e.Result != nil {
 		v.name = e.Result.Name()
 		v.layers = e.Result.Layers
-		v.sizes = map[string]int64{}
+		v.sizes, v.listed = map[string]int64{}, map[string]int{}
 		for _, l := range v.layers {
 			v.sizes[l.Digest.String()] = l.Size
+			v.listed[l.Digest.String()]++
 		}
 	}
 	blob := e.Blob.String()
@@ -393,7 +395,7 @@ func (v *imageView) observe(e pull.Event) {
 	case pull.EventLayerRead:
 		v.retrying = false
 		v.fetched += e.Bytes
-		if !v.obtained[blob] {
+		if v.obtained[blob] < v.listed[blob] {
 			v.reading[blob] += e.Bytes
 		}
 	case pull.EventLayerWaiting:
@@ -403,10 +405,13 @@ func (v *imageView) observe(e pull.Event) {
 		v.retrying = false
 		delete(v.reading, blob)
 		delete(v.waiting, blob)
-		if !v.obtained[blob] && (e.How == pull.Reused || e.How == pull.Waited) {
-			v.reused += v.sizes[blob]
+		// A blob the manifest lists twice ends twice, once per occurrence.
+		if v.obtained[blob] < v.listed[blob] {
+			if e.How == pull.Reused || e.How == pull.Waited {
+				v.reused += v.sizes[blob]
+			}
+			v.obtained[blob]++
 		}
-		v.obtained[blob] = true
 	case pull.EventRetrying:
 		v.attempts++
 		v.retrying = true
@@ -437,13 +442,16 @@ type snapshot struct {
 func (v *imageView) snapshot() snapshot {
 	s := snapshot{index: v.index, name: v.name, layers: len(v.layers), fetched: v.fetched, reused: v.reused,
 		result: v.result, finishedAt: v.finishedAt}
+	seen := map[string]int{} // occurrences of each blob so far
 	for _, l := range v.layers {
 		d := l.Digest.String()
 		s.total += l.Size
-		if v.obtained[d] {
+		seen[d]++
+		switch {
+		case seen[d] <= v.obtained[d]:
 			s.done++
 			s.obtained += l.Size
-		} else {
+		case seen[d] == v.obtained[d]+1: // the occurrence being read
 			s.obtained += min(v.reading[d], l.Size)
 		}
 	}
@@ -514,7 +522,7 @@ func (c columns) live(s snapshot) string {
 // whole reason, however long, since a person has to act on it.
 func (c columns) final(s snapshot) string {
 	if s.failed {
-		return c.prefix(s, "failed: "+s.result.Err.Error())
+		return c.prefix(s, "failed: "+OneLine(s.result.Err))
 	}
 	return c.prefix(s, fmt.Sprintf("%s in %s", s.state, s.result.Duration.Round(100*time.Millisecond)))
 }

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -24,12 +25,16 @@ import (
 	"go.podman.io/image/v5/types"
 	"go.podman.io/storage"
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/sync/semaphore"
 
 	"github.com/herd-project/herd/commit"
 )
 
 // DefaultJobs is containers/image's own default for parallel layer copies.
 const DefaultJobs = 6
+
+// progressInterval is how often containers/image reports a transfer's bytes.
+const progressInterval = 20 * time.Millisecond
 
 // Options configure one run.
 type Options struct {
@@ -68,8 +73,8 @@ func Run(ctx context.Context, inputs []string, opts Options) []*Result {
 	if opts.Observe == nil {
 		opts.Observe = func(Event) {}
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
 
 	targets, results := resolveAll(ctx, dedupStrings(inputs), opts)
 	for i, r := range results {
@@ -114,10 +119,10 @@ func Run(ctx context.Context, inputs []string, opts Options) []*Result {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			run := &imagePull{index: i, target: t, result: results[i], opts: &opts, coord: coord, clock: clock, slots: slots}
+			run := &imagePull{index: i, target: t, result: results[i], opts: &opts, coord: coord, clock: clock, slots: slots, stopRun: cancel}
 			run.pull(ctx)
 			if run.result.Err != nil && opts.FailFast {
-				cancel()
+				cancel(nil)
 			}
 			opts.Observe(Event{Kind: EventImageDone, Image: i, Result: run.result, Time: time.Now()})
 		}()
@@ -207,6 +212,8 @@ type imagePull struct {
 	clock  *runClock
 	slots  *slots
 	p      *commit.Pull
+	// stopRun cancels every image of the run, with the cause (failStore).
+	stopRun context.CancelCauseFunc
 
 	mu       sync.Mutex
 	waits    int                     // this image's waits for other pulls' blobs under way
@@ -242,9 +249,17 @@ func (ip *imagePull) pull(ctx context.Context) {
 	ip.target.source.close()
 	ip.finishLayers()
 	if err != nil && ctx.Err() != nil {
-		// The run was cancelled (a signal, or --fail-fast): say so rather than
-		// report whatever the cancelled copy.Image happened to return.
-		err = fmt.Errorf("pulling %s: interrupted before it completed (%w)", ip.result.Name(), ctx.Err())
+		// The run was stopped: say why rather than report whatever the
+		// cancelled copy.Image happened to return.
+		var fault *storeFault
+		switch {
+		case errors.As(context.Cause(ctx), &fault) && fault.image == ip.result.Name():
+			err = fault
+		case errors.As(context.Cause(ctx), &fault):
+			err = fmt.Errorf("pulling %s: not completed: the run stopped when %w", ip.result.Name(), fault)
+		default: // a signal, or --fail-fast
+			err = fmt.Errorf("pulling %s: interrupted before it completed (%w)", ip.result.Name(), ctx.Err())
+		}
 	}
 	if err != nil {
 		ip.result.Err = err
@@ -319,6 +334,12 @@ func (ip *imagePull) copy(ctx context.Context, wd *watchdog) error {
 		logrus.Debugf("%s: waited %s for %s (pulled by %s): %s", ip.result.Name(), w.Waited.Round(time.Millisecond), w.Blob, w.Owner, w.End)
 	}
 	p.OnCommitStart = wd.committing
+	p.OnCommitError = func(blob digest.Digest, err error) {
+		if blob != "" {
+			err = fmt.Errorf("committing the layer of blob %s: %w", blob, err)
+		}
+		ip.failStore(err)
+	}
 	p.OnCommit = func(blob digest.Digest, partial bool) {
 		ip.mu.Lock()
 		if partial {
@@ -338,6 +359,15 @@ func (ip *imagePull) copy(ctx context.Context, wd *watchdog) error {
 	}
 	defer func() { _ = policy.Destroy() }()
 
+	sem := ip.slots.sem
+	if p.OneLayerAtATime() { // a layer listed twice: see commit's invariant 7
+		if err := sem.Acquire(ctx, 1); err != nil { // the image's one copy counts against --jobs
+			return err
+		}
+		defer sem.Release(1)
+		sem = semaphore.NewWeighted(1)
+	}
+
 	progress := make(chan types.ProgressProperties)
 	drained := make(chan struct{})
 	go func() {
@@ -350,16 +380,24 @@ func (ip *imagePull) copy(ctx context.Context, wd *watchdog) error {
 	_, err = copy.Image(ctx, policy, dest, ip.target.source, &copy.Options{
 		SourceCtx:                     ip.opts.System,
 		DestinationCtx:                ip.opts.System,
-		ConcurrentBlobCopiesSemaphore: ip.slots.sem,
+		ConcurrentBlobCopiesSemaphore: sem,
 		Progress:                      progress,
 		// containers/image sends "skipped" events only with an interval set;
-		// the coordinator needs them (Reused, LayerEnded) to end flights.
-		ProgressInterval: 100 * time.Millisecond,
+		// the coordinator needs them (Reused, LayerEnded) to end flights. It
+		// also bounds what a blob longer than declared writes before the
+		// watchdog sees it: one interval's worth of bytes.
+		ProgressInterval: progressInterval,
 	})
 	// containers/image never closes the channel and has stopped sending once
 	// copy.Image returns.
 	close(progress)
 	<-drained
+	ip.failStore(err) // a full temporary directory shows only here
+	if err != nil && strings.Contains(err.Error(), "image configuration") && ip.target.config != "" {
+		// containers/image's errors about reading or parsing the config
+		// (one too big, one that is not JSON) do not say which blob it is.
+		err = fmt.Errorf("config blob %s: %w", ip.target.config, err)
+	}
 	return err
 }
 
@@ -428,6 +466,9 @@ func (ip *imagePull) finishLayers() {
 			l.How = Fetched
 		default:
 			l.How = ip.skipped[l.Digest] // "" if the pull failed before reaching it
+		}
+		if i > 0 && l.How != "" && slices.ContainsFunc(ip.result.Layers[:i], func(o Layer) bool { return o.Digest == l.Digest }) {
+			l.How, l.Fetched, l.WaitEnded = Reused, 0, "" // listed again: it reused the first occurrence's blob
 		}
 	}
 }

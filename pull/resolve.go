@@ -37,6 +37,7 @@ type target struct {
 	instance  digest.Digest // of the per-platform manifest
 	platform  string
 	layers    []types.BlobInfo
+	config    digest.Digest
 	aliases   []reference.Named // other names of the same manifest, from other inputs
 	source    *resolvedSource   // what copy.Image reads the image from
 }
@@ -283,6 +284,7 @@ func inspect(ctx context.Context, sys *types.SystemContext, named reference.Name
 		}
 		return nil, fmt.Errorf("parsing manifest of %s: %w", named, err)
 	}
+	t.config = m.ConfigInfo().Digest
 	for _, l := range m.LayerInfos() {
 		if !l.EmptyLayer {
 			t.layers = append(t.layers, l.BlobInfo)

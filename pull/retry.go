@@ -6,10 +6,14 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strings"
+	"syscall"
 
 	"github.com/docker/distribution/registry/api/errcode"
 	"go.podman.io/common/pkg/retry"
 	"go.podman.io/image/v5/docker"
+
+	"github.com/herd-project/herd/commit"
 )
 
 // DefaultRetries is podman pull's default --retry.
@@ -87,20 +91,22 @@ func (ip *imagePull) attempt(ctx context.Context) error {
 	wd := startWatchdog(ip.opts.StallTimeout, ip.clock, abandon)
 	defer wd.stop()
 	err := ip.copy(actx, wd)
-	var stalled *stallError
-	if errors.Is(err, context.Canceled) && ctx.Err() == nil && errors.As(context.Cause(actx), &stalled) {
-		// What copy.Image returns then is only "context canceled". Any other
+	if cause := context.Cause(actx); errors.Is(err, context.Canceled) && ctx.Err() == nil && cause != nil && cause != context.Canceled {
+		// The watchdog abandoned the attempt (a stall, an oversized blob):
+		// what copy.Image returns then is only "context canceled". Any other
 		// error is the attempt's own (a blob's fetch failed before the
 		// watchdog fired for it): that one is reported.
-		return stalled
+		return cause
 	}
 	return err
 }
 
 // retryable reports whether a failed attempt is worth another. Yes for what
 // can go away by itself: network errors, server errors (5xx), rate limits
-// (429), a body cut short, a stalled transfer. No for what cannot: 4xx such
-// as 404 and 401, a digest mismatch, a bad layer, a cancelled run.
+// (429), a body cut short, a stalled transfer, a layer another process
+// removed from under the pull (the next attempt starts from the store as it
+// is). No for what cannot: 4xx such as 404 and 401, a digest mismatch, a
+// bad layer, a blob longer than declared, a full disk, a cancelled run.
 //
 // containers/common's retry.IsErrorRetryable (podman's heuristic) decides
 // the general case; herd adds what that heuristic does not cover and a pull
@@ -111,9 +117,9 @@ func (ip *imagePull) attempt(ctx context.Context) error {
 // whose HTTP status is 4xx, which the heuristic would retry (BLOB_UNKNOWN).
 func retryable(err error) bool {
 	switch {
-	case err == nil:
+	case err == nil, storeFailure(err):
 		return false
-	case errors.Is(err, errStalled):
+	case errors.Is(err, errStalled), errors.Is(err, commit.ErrLayerRemoved):
 		return true
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return false
@@ -130,4 +136,47 @@ func retryable(err error) bool {
 		}
 	}
 	return retry.IsErrorRetryable(err)
+}
+
+// storeFailure reports whether err is a failure of the local disk that no
+// retry can fix and that every other image of the run would meet as well:
+// no space left (in the store or the temporary directory), a quota
+// exceeded, a read-only filesystem. The first such failure stops the run
+// (imagePull.failStore), so that the images still going fail at once
+// instead of fetching blobs they cannot write, and no waiting image takes
+// over a blob whose owner could not write it.
+//
+// The text is matched too: containers/storage applies a layer in a
+// re-executed child process, and an error from there is only a message.
+func storeFailure(err error) bool {
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) || errors.Is(err, syscall.EROFS) {
+		return true
+	}
+	msg := err.Error()
+	for _, text := range []string{syscall.ENOSPC.Error(), syscall.EDQUOT.Error(), syscall.EROFS.Error()} {
+		if strings.Contains(msg, text) {
+			return true
+		}
+	}
+	return false
+}
+
+// storeFault is the failure that stopped the run: a storeFailure of one
+// image.
+type storeFault struct {
+	image string
+	err   error
+}
+
+func (f *storeFault) Error() string { return fmt.Sprintf("pulling %s: %v", f.image, f.err) }
+
+func (f *storeFault) Unwrap() error { return f.err }
+
+// failStore stops the run if err is a storeFailure of this image. Call it
+// before the image's commit.Pull is done, so that images waiting for its
+// blobs see the run stopped rather than the blobs handed over to them.
+func (ip *imagePull) failStore(err error) {
+	if err != nil && storeFailure(err) {
+		ip.stopRun(&storeFault{image: ip.result.Name(), err: err})
+	}
 }

@@ -14,26 +14,33 @@ import (
 	"go.podman.io/image/v5/types"
 )
 
-// DefaultStallTimeout is herd's default --stall-timeout: one minute without
-// a single byte on a transfer that is under way. A live transfer, however
-// slow, delivers bytes every fraction of a second, so a minute of nothing is
-// a dead connection; and since a retry is cheap (committed layers are
-// reused), abandoning it soon costs less than containerd's 5 minutes of
-// waiting. A pull waiting for another pull's blob has no clock of its own:
+// DefaultStallTimeout is herd's default --stall-timeout: one minute in which
+// a transfer under way receives less than MinProgress. A live transfer,
+// however slow, delivers kilobytes every fraction of a second, so a minute
+// of (next to) nothing is a dead or hostile connection; and since a retry is
+// cheap (committed layers are reused), abandoning it soon costs less than
+// containerd's 5 minutes of waiting. A pull waiting for another pull's blob has no clock of its own:
 // the owner's transfer is bounded by this, and when the owner's attempt
 // ends the wait ends (commit.Coordinator). (containers/image itself waits
 // at most 60s on a 429's Retry-After; a registry asking for exactly that
 // may see one retry more.)
 const DefaultStallTimeout = 60 * time.Second
 
+// MinProgress is what a transfer must receive within each --stall-timeout:
+// a registry that trickles a byte a second is as stuck as a silent one, but
+// would never trip a timer that any byte resets.
+const MinProgress = 1 << 10
+
 // errStalled is what errors.Is finds in an attempt the watchdog abandoned.
 var errStalled = errors.New("transfer stalled")
 
-// stallError says which transfers of an image delivered nothing for how long.
+// stallError says which transfers of an image delivered (next to) nothing
+// for how long.
 type stallError struct {
-	blobs   []digest.Digest // empty: stalled before its first blob transfer (manifest, config)
-	timeout time.Duration
-	what    string // what stalled, when not a blob transfer
+	blobs    []digest.Digest // empty: stalled before its first blob transfer (manifest, config)
+	received uint64          // bytes the first of blobs received in its last window: below MinProgress
+	timeout  time.Duration
+	what     string // what stalled, when not a blob transfer
 }
 
 func (e *stallError) Error() string {
@@ -47,10 +54,26 @@ func (e *stallError) Error() string {
 	for i, b := range e.blobs {
 		names[i] = b.String()
 	}
+	if e.received > 0 {
+		return fmt.Sprintf("blob %s: only %d bytes received in %s (less than %d per --stall-timeout): transfer abandoned", strings.Join(names, ", "), e.received, e.timeout, MinProgress)
+	}
 	return fmt.Sprintf("blob %s: no data received for %s (--stall-timeout): transfer abandoned", strings.Join(names, ", "), e.timeout)
 }
 
 func (e *stallError) Is(target error) bool { return target == errStalled }
+
+// oversizeError is a blob of which the registry sent more than the manifest
+// declares. Its digest can then never match, and a hostile or broken
+// registry could go on forever (filling herd's temporary directory), so the
+// transfer is cut as soon as it is seen, and not retried.
+type oversizeError struct {
+	blob               digest.Digest
+	declared, received int64
+}
+
+func (e *oversizeError) Error() string {
+	return fmt.Sprintf("blob %s: the registry sent more than the %d bytes the manifest declares (%d received): transfer abandoned", e.blob, e.declared, e.received)
+}
 
 // runClock is when any image of the run last reported progress (any
 // containers/image progress event). An image that has not reported anything
@@ -70,13 +93,16 @@ func (c *runClock) since() time.Duration { return time.Since(time.Unix(0, c.last
 
 // watchdog ends one attempt of one image when one of its transfers stops
 // making progress, so that a connection that stays open but delivers nothing
-// (a registry or proxy hanging mid-body) cannot hang herd: containers/image's
-// HTTP client has no read timeout. The attempt's context is cancelled, which
-// stops this image's copy.Image only, and the retry loop (retry.go) takes
-// over.
+// or a trickle (a registry or proxy hanging mid-body) cannot hang herd:
+// containers/image's HTTP client has no read timeout. It also ends the
+// attempt at once when a transfer runs past the size the manifest declares
+// for its blob (containers/image reads a blob to its end before it compares
+// sizes). The attempt's context is cancelled, which stops this image's
+// copy.Image only, and the retry loop (retry.go) takes over.
 //
 // Each transfer is timed on its own, from its "new" event (sent just before
-// the request) and then from each "read" event, until its commit starts
+// the request) and then from each "read" event that brings its total
+// MinProgress or more past where its current window started, until its commit starts
 // (commit.Pull.OnCommitStart) or containers/image reports it done or
 // skipped. So a transfer that received every byte is never taken for
 // stalled while its layer is applied, however long that takes, and a live
@@ -97,9 +123,19 @@ type watchdog struct {
 
 	mu       sync.Mutex
 	events   bool                        // any progress event in this attempt
-	inFlight map[digest.Digest]time.Time // transfers under way → when each last received bytes
+	inFlight map[digest.Digest]*transfer // transfers under way
 	waits    int
 }
+
+// transfer is the progress window of one transfer under way: it must
+// receive MinProgress within the stall timeout from since.
+type transfer struct {
+	since  time.Time
+	base   uint64 // offset at since
+	offset uint64 // bytes received so far
+}
+
+func (t *transfer) restart(now time.Time) { t.since, t.base = now, t.offset }
 
 // startWatchdog watches one attempt; abandon cancels it. Call stop when the
 // attempt's copy.Image has returned.
@@ -111,7 +147,7 @@ func startWatchdog(timeout time.Duration, run *runClock, abandon context.CancelC
 }
 
 func newWatchdog(timeout time.Duration, run *runClock) *watchdog {
-	return &watchdog{timeout: timeout, run: run, done: make(chan struct{}), start: time.Now(), inFlight: map[digest.Digest]time.Time{}}
+	return &watchdog{timeout: timeout, run: run, done: make(chan struct{}), start: time.Now(), inFlight: map[digest.Digest]*transfer{}}
 }
 
 func (w *watchdog) stop() { close(w.done) }
@@ -140,14 +176,15 @@ func (w *watchdog) check(now time.Time) *stallError {
 		return nil
 	}
 	var stalled []digest.Digest
-	for blob, last := range w.inFlight {
-		if now.Sub(last) >= w.timeout {
+	for blob, t := range w.inFlight {
+		if now.Sub(t.since) >= w.timeout {
 			stalled = append(stalled, blob)
 		}
 	}
 	if len(stalled) > 0 {
 		slices.Sort(stalled)
-		return &stallError{blobs: stalled, timeout: w.timeout}
+		first := w.inFlight[stalled[0]]
+		return &stallError{blobs: stalled, received: first.offset - first.base, timeout: w.timeout}
 	}
 	if !w.events && now.Sub(w.start) >= w.timeout && w.run.since() >= w.timeout {
 		return &stallError{timeout: w.timeout}
@@ -155,18 +192,27 @@ func (w *watchdog) check(now time.Time) *stallError {
 	return nil
 }
 
-// progress records one of the attempt's progress events.
+// progress records one of the attempt's progress events. A transfer past
+// its declared size abandons the attempt right here: containers/image sends
+// the event before it hands the bytes read on, so what it writes past the
+// declared size is at most what arrives in one progress interval.
 func (w *watchdog) progress(pp types.ProgressProperties) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.events = true
 	d := pp.Artifact.Digest
+	if size := pp.Artifact.Size; size > 0 && pp.Offset > uint64(size) && w.abandon != nil {
+		w.abandon(&oversizeError{blob: d, declared: size, received: int64(pp.Offset)})
+	}
 	switch pp.Event {
 	case types.ProgressEventNewArtifact:
-		w.inFlight[d] = time.Now()
+		w.inFlight[d] = &transfer{since: time.Now()}
 	case types.ProgressEventRead:
-		if _, ok := w.inFlight[d]; ok {
-			w.inFlight[d] = time.Now()
+		if t, ok := w.inFlight[d]; ok {
+			t.offset = pp.Offset
+			if t.offset-t.base >= MinProgress {
+				t.restart(time.Now())
+			}
 		}
 	case types.ProgressEventDone, types.ProgressEventSkipped:
 		delete(w.inFlight, d)
@@ -191,7 +237,7 @@ func (w *watchdog) waiting(start bool) {
 	}
 	w.waits--
 	now := time.Now()
-	for blob := range w.inFlight {
-		w.inFlight[blob] = now
+	for _, t := range w.inFlight {
+		t.restart(now)
 	}
 }

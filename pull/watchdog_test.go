@@ -66,7 +66,7 @@ func TestWatchdogArming(t *testing.T) {
 	w = newDog()
 	dead := digest.FromString("dead")
 	w.progress(event(types.ProgressEventNewArtifact, dead))
-	w.inFlight[dead] = time.Now().Add(-timeout - time.Second)
+	w.inFlight[dead].since = time.Now().Add(-timeout - time.Second)
 	w.progress(event(types.ProgressEventNewArtifact, blob))
 	err = w.check(time.Now())
 	if err == nil || !strings.Contains(err.Error(), dead.String()) || strings.Contains(err.Error(), blob.String()) {
@@ -101,5 +101,57 @@ func TestWatchdogAbandons(t *testing.T) {
 	}
 	if !errors.Is(got, errStalled) {
 		t.Errorf("cancel cause %v, want a stall", got)
+	}
+}
+
+// A transfer must receive MinProgress per timeout: a trickle is a stall.
+func TestWatchdogMinimumRate(t *testing.T) {
+	const timeout = time.Minute
+	blob := digest.FromString("layer")
+	read := func(offset uint64) types.ProgressProperties {
+		pp := event(types.ProgressEventRead, blob)
+		pp.Offset = offset
+		return pp
+	}
+	w := newWatchdog(timeout, newRunClock())
+	w.progress(event(types.ProgressEventNewArtifact, blob))
+	started := w.inFlight[blob].since
+	w.progress(read(MinProgress - 1))
+	if w.inFlight[blob].since != started {
+		t.Error("less than MinProgress restarted the transfer's window")
+	}
+	err := w.check(started.Add(timeout))
+	if err == nil || !errors.Is(err, errStalled) || !strings.Contains(err.Error(), "only 1023 bytes received") {
+		t.Errorf("1023 bytes in a whole timeout: got %v, want a stall saying how little arrived", err)
+	}
+	w.progress(read(MinProgress + 5))
+	if err := w.check(time.Now()); err != nil {
+		t.Errorf("a transfer that just received MinProgress more is reported stalled: %v", err)
+	}
+	if got := w.inFlight[blob].base; got != MinProgress+5 {
+		t.Errorf("the new window starts at offset %d, want %d", got, MinProgress+5)
+	}
+}
+
+// A transfer past its declared size abandons the attempt at that event.
+func TestWatchdogOversize(t *testing.T) {
+	var got error
+	w := newWatchdog(time.Minute, newRunClock())
+	w.abandon = func(err error) { got = err }
+	blob := digest.FromString("layer")
+	pp := event(types.ProgressEventRead, blob)
+	pp.Artifact.Size, pp.Offset = 100, 100
+	w.progress(pp)
+	if got != nil {
+		t.Fatalf("a transfer at exactly its declared size was abandoned: %v", got)
+	}
+	pp.Offset = 101
+	w.progress(pp)
+	var over *oversizeError
+	if !errors.As(got, &over) || over.declared != 100 || over.received != 101 || !strings.Contains(got.Error(), blob.String()) {
+		t.Errorf("101 bytes of a 100-byte blob: abandoned with %v, want an oversize error naming %s, 100 and 101", got, blob)
+	}
+	if retryable(got) {
+		t.Error("an oversized blob is retried")
 	}
 }

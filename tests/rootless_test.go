@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -97,6 +98,7 @@ func newUnprivilegedUser(t *testing.T, tools map[string]string) *unprivilegedUse
 		t.Fatal(err)
 	}
 	// The store and configuration are the test's: start and end without them.
+	ru.stopPause()
 	ru.clean(t)
 	t.Cleanup(func() {
 		ru.stopPause()
@@ -142,18 +144,33 @@ func (u *unprivilegedUser) clean(t *testing.T) {
 			t.Errorf("cleaning the rootless user's %s: %v", d, err)
 		}
 	}
+	for _, prefix := range []string{"podman-run-", "containers-user-", "storage-run-"} {
+		if err := os.RemoveAll(u.tmpDir(prefix)); err != nil {
+			t.Errorf("cleaning the rootless user's run-time state: %v", err)
+		}
+	}
 }
 
 // stopPause ends the pause process rootless podman leaves behind to keep
-// its user namespace, found by the pid it records.
+// its user namespace, found by the pid it records in XDG_RUNTIME_DIR or,
+// when that is unset, in /tmp/podman-run-UID.
 func (u *unprivilegedUser) stopPause() {
-	b, err := os.ReadFile(filepath.Join(u.runtimeDir, "libpod", "tmp", "pause.pid"))
-	if err != nil {
-		return
+	for _, dir := range []string{u.runtimeDir, u.tmpDir("podman-run-")} {
+		b, err := os.ReadFile(filepath.Join(dir, "libpod", "tmp", "pause.pid"))
+		if err != nil {
+			continue
+		}
+		if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && pid > 1 {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
 	}
-	if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && pid > 1 {
-		_ = syscall.Kill(pid, syscall.SIGKILL)
-	}
+}
+
+// tmpDir is /tmp/PREFIXUID, where podman (podman-run-, containers-user-)
+// and containers/storage (storage-run-) keep run-time state of a user
+// without XDG_RUNTIME_DIR.
+func (u *unprivilegedUser) tmpDir(prefix string) string {
+	return filepath.Join(os.TempDir(), prefix+strconv.Itoa(u.uid))
 }
 
 // write writes a file the user owns (and the directories to it under home).
@@ -219,10 +236,11 @@ func herdBinary(t *testing.T) string {
 
 // Issue 5, test 7: an unprivileged user with subordinate ids runs herd with
 // no store flags. herd re-executes itself in a user namespace as podman
-// does, reads the user's registries.conf and policy.json, reads the image
-// list from standard input (read by the re-executed herd), and pulls into
-// the user's default store with native overlay; podman, run as that user,
-// lists the image.
+// does, reads the user's registries.conf, policy.json and storage.conf
+// (driver = "overlay" and nothing else), reads the image list from standard
+// input (read by the re-executed herd), and pulls into the user's default
+// store with native overlay; podman, run as that user, lists the image.
+// (TestRootlessPullIntoPodmansStore is the same user with no storage.conf.)
 func TestRootlessPull(t *testing.T) {
 	needRoot(t, "creating the unprivileged user")
 	tools := needTools(t, map[string]string{
@@ -234,6 +252,9 @@ func TestRootlessPull(t *testing.T) {
 	img := e.push("rootless/app:1", testimage.Image{Layers: []testimage.Layer{baseLayer, ownLayer(561)}}, "gzip")
 	u.write(t, ".config/containers/registries.conf", fmt.Sprintf("[[registry]]\nlocation = %q\ninsecure = true\n", e.reg.Host))
 	u.write(t, ".config/containers/policy.json", `{"default": [{"type": "insecureAcceptAnything"}]}`)
+	// The user's storage.conf is what herd and podman both read: herd does
+	// not ask podman then, and Debian 12's podman uses overlay too.
+	u.write(t, ".config/containers/storage.conf", "[storage]\ndriver = \"overlay\"\n")
 
 	c := u.command(herdBinary(t), img.Ref+"\n", []string{asHerdEnv + "=1"}, "pull", "--format", "json", "--file", "-")
 	var stdout, stderr bytes.Buffer
@@ -252,9 +273,9 @@ func TestRootlessPull(t *testing.T) {
 		t.Error("the registry served no layer bytes to the rootless pull")
 	}
 
-	// The default rootless store, on overlay. No storage.conf exists, so no
-	// mount_program (fuse-overlayfs) is configured: the overlay driver
-	// mounted natively in the user namespace, or it would have failed.
+	// The default rootless store, on overlay. storage.conf sets no
+	// mount_program (fuse-overlayfs): the overlay driver mounted natively in
+	// the user namespace, or it would have failed.
 	graphRoot := filepath.Join(u.home, ".local/share/containers/storage")
 	images, err := os.ReadFile(filepath.Join(graphRoot, "overlay-images", "images.json"))
 	if err != nil {
@@ -274,11 +295,6 @@ func TestRootlessPull(t *testing.T) {
 		}
 	}
 
-	// Debian 12's podman (containers/storage 1.43) picks vfs for a rootless
-	// user without storage.conf, where herd's containers/storage picks
-	// native overlay: the user's storage.conf makes podman use the same
-	// store, as the README says.
-	u.write(t, ".config/containers/storage.conf", "[storage]\ndriver = \"overlay\"\n")
 	info := u.command(tools["podman"], "", nil, "info", "--format", "{{.Store.GraphDriverName}} {{.Store.GraphRoot}} {{json .Store.GraphOptions}}")
 	var infoErr bytes.Buffer
 	info.Stderr = &infoErr
@@ -306,4 +322,109 @@ func TestRootlessPull(t *testing.T) {
 	if len(listed) != 1 || listed[0].ID != img.ConfigDigest.Encoded() || !containsAll(listed[0].Names, img.Ref) {
 		t.Errorf("podman images as %s lists %+v, want %s named %s", rootlessUserName, listed, img.ConfigDigest.Encoded(), img.Ref)
 	}
+}
+
+// Issue 16, item 4: a rootless user with no storage.conf and no
+// XDG_RUNTIME_DIR (su, sudo, cron: no logind session), as in the report.
+// Left to itself herd's containers/storage would pick overlay and
+// /tmp/storage-run-UID, while Debian 12's podman 4.3 picks vfs and
+// /tmp/podman-run-UID, and lists nothing herd pulled. herd must pull into
+// exactly the store (driver, graph root, run root) the user's podman uses:
+// podman lists the image and runs it, as that user.
+func TestRootlessPullIntoPodmansStore(t *testing.T) {
+	needRoot(t, "creating the unprivileged user")
+	tools := needTools(t, map[string]string{
+		"podman": "podman", "newuidmap": "uidmap", "newgidmap": "uidmap",
+		"useradd": "passwd", "usermod": "passwd", "runc": "runc", "ldd": "libc-bin",
+	})
+	u := newUnprivilegedUser(t, tools)
+	e := newEnv(t, testregistry.Options{})
+	const text = "read from the image herd pulled"
+	img := e.push("rootless/shell:1", testimage.Image{Layers: []testimage.Layer{shellLayer(t, "etc/herd-test", text), ownLayer(571)}}, "gzip")
+	// registries.conf and policy.json for the test registry; no storage.conf.
+	u.write(t, ".config/containers/registries.conf", fmt.Sprintf("[[registry]]\nlocation = %q\ninsecure = true\n", e.reg.Host))
+	u.write(t, ".config/containers/policy.json", `{"default": [{"type": "insecureAcceptAnything"}]}`)
+	as := func(name string, extraEnv []string, args ...string) (stdout, stderr string) {
+		t.Helper()
+		c := u.command(name, "", extraEnv, args...)
+		c.Env = slices.DeleteFunc(c.Env, func(kv string) bool { return strings.HasPrefix(kv, "XDG_RUNTIME_DIR=") })
+		var out, errOut bytes.Buffer
+		c.Stdout, c.Stderr = &out, &errOut
+		if err := c.Run(); err != nil {
+			t.Fatalf("%s %s as %s: %v\nstderr:\n%s", filepath.Base(name), strings.Join(args, " "), rootlessUserName, err, errOut.String())
+		}
+		return out.String(), errOut.String()
+	}
+
+	// herd first: the user has never run podman.
+	stdout, log := as(herdBinary(t), []string{asHerdEnv + "=1"}, "--log-level", "debug", "pull", "--format", "json", img.Ref)
+	s := e.parseSummary(run{stdout: stdout, stderr: log})
+	if len(s.Images) != 1 || s.Images[0].ImageID != img.ConfigDigest.Encoded() {
+		t.Fatalf("rootless herd pulled %+v, want %s with ID %s", s.Images, img.Ref, img.ConfigDigest.Encoded())
+	}
+
+	var info struct {
+		Store struct{ GraphDriverName, GraphRoot, RunRoot string }
+	}
+	if out, _ := as(tools["podman"], nil, "info", "--format", "json"); json.Unmarshal([]byte(out), &info) != nil {
+		t.Fatalf("podman info --format json: %s", out)
+	}
+	st := info.Store
+	t.Logf("the rootless user's podman uses driver %s, graph root %s, run root %s", st.GraphDriverName, st.GraphRoot, st.RunRoot)
+	// herd says which store it opened (at debug level) ...
+	if want := fmt.Sprintf("driver %s, graph root %s, run root %s", st.GraphDriverName, st.GraphRoot, st.RunRoot); !strings.Contains(log, want) {
+		t.Errorf("herd did not report using podman's store (%q); its log:\n%s", want, log)
+	}
+	// ... and the image is there: the image store of podman's driver under
+	// podman's graph root lists it.
+	images, err := os.ReadFile(filepath.Join(st.GraphRoot, st.GraphDriverName+"-images", "images.json"))
+	if err != nil || !bytes.Contains(images, []byte(img.ConfigDigest.Encoded())) {
+		t.Errorf("podman's %s image store under %s does not list %s (%v)", st.GraphDriverName, st.GraphRoot, img.ConfigDigest.Encoded(), err)
+	}
+
+	var listed []struct {
+		ID    string `json:"Id"`
+		Names []string
+	}
+	if out, _ := as(tools["podman"], nil, "images", "--format", "json"); json.Unmarshal([]byte(out), &listed) != nil {
+		t.Fatalf("podman images --format json: %s", out)
+	}
+	if len(listed) != 1 || listed[0].ID != img.ConfigDigest.Encoded() || !containsAll(listed[0].Names, img.Ref) {
+		t.Fatalf("podman images as %s lists %+v, want %s named %s", rootlessUserName, listed, img.ConfigDigest.Encoded(), img.Ref)
+	}
+
+	// Rootless podman runs it: runc (crun 1.8 fails on this cgroup v1
+	// layout) and no network (slirp4netns needs /dev/net/tun).
+	got, _ := as(tools["podman"], nil, "run", "--rm", "--runtime", "runc", "--net=none", img.ConfigDigest.Encoded(),
+		"/bin/sh", "-c", `read -r line < /etc/herd-test && echo "$line"`)
+	if strings.TrimSpace(got) != text {
+		t.Errorf("podman run of herd's image printed %q, want %q", got, text)
+	}
+}
+
+// shellLayer holds the host's /bin/sh and the libraries ldd names for it,
+// which is enough for `podman run IMAGE /bin/sh -c ...`, and a text file at
+// path for the shell to read.
+func shellLayer(t *testing.T, path, text string) testimage.Layer {
+	t.Helper()
+	sh, err := os.ReadFile("/bin/sh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := testimage.Layer{Files: []testimage.File{{Path: "bin/sh", Data: sh, Mode: 0o755}, {Path: path, Data: []byte(text + "\n")}}}
+	out, err := exec.Command("ldd", "/bin/sh").Output()
+	if err != nil {
+		t.Fatalf("ldd /bin/sh: %v", err)
+	}
+	// "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)", "/lib64/ld-linux-x86-64.so.2 (0x...)"
+	for _, f := range strings.Fields(string(out)) {
+		if filepath.IsAbs(f) {
+			data, err := os.ReadFile(f) // through symbolic links: the image gets files
+			if err != nil {
+				t.Fatal(err)
+			}
+			l.Files = append(l.Files, testimage.File{Path: strings.TrimPrefix(f, "/"), Data: data, Mode: 0o755})
+		}
+	}
+	return l
 }

@@ -1,0 +1,142 @@
+package progress
+
+import (
+	"bytes"
+	"errors"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/creack/pty"
+	digest "github.com/opencontainers/go-digest"
+
+	"github.com/herd-project/herd/pull"
+)
+
+// A failure whose text spans lines, as containers/storage reports a full
+// disk from the process that applies a layer.
+const (
+	failingName = "registry.example.com/team/app:v1"
+	diskFull    = "pulling " + failingName + ": writing blob: processing tar file(write /usr/lib/big: no space left on device):\n  exit status 1\n"
+)
+
+// failingRun feeds d an image that fails with diskFull beside one that is
+// pulled.
+func failingRun(d Display) {
+	ok := &pull.Result{Inputs: []string{"registry.example.com/team/ok:v1"}, Reference: "registry.example.com/team/ok:v1",
+		Layers: []pull.Layer{{Digest: digest.FromString("ok"), Size: 10}}}
+	bad := &pull.Result{Inputs: []string{failingName}, Reference: failingName,
+		Layers: []pull.Layer{{Digest: digest.FromString("bad"), Size: 10}}}
+	for i, r := range []*pull.Result{ok, bad} {
+		d.Observe(pull.Event{Kind: pull.EventResolved, Image: i, Result: r, Time: time.Now()})
+	}
+	ok.ImageID, ok.Names, ok.Duration = strings.Repeat("ab", 32), ok.Inputs, time.Second
+	d.Observe(pull.Event{Kind: pull.EventImageDone, Image: 0, Result: ok, Time: time.Now()})
+	bad.Err, bad.Duration = errors.New(diskFull), time.Second
+	d.Observe(pull.Event{Kind: pull.EventImageDone, Image: 1, Result: bad, Time: time.Now()})
+	d.Close()
+}
+
+// wantFailureLine checks that the failure is printed on one line that names
+// the image, with its text folded, and that no line has part of it alone.
+func wantFailureLine(t *testing.T, lines []string) {
+	t.Helper()
+	found := 0
+	for _, line := range lines {
+		if strings.Contains(line, "exit status 1") || strings.Contains(line, "no space left") {
+			found++
+			if !strings.Contains(line, "app:v1") || !strings.Contains(line, "no space left on device):; exit status 1") {
+				t.Errorf("line %q: want the image's name and the whole error on one line", line)
+			}
+		}
+	}
+	if found != 1 {
+		t.Errorf("%d lines tell of the failure, want 1:\n%s", found, strings.Join(lines, "\n"))
+	}
+}
+
+func TestPlainErrorOnOneLine(t *testing.T) {
+	var out bytes.Buffer
+	failingRun(NewPlain(&out))
+	t.Logf("plain display:\n%s", out.String())
+	wantFailureLine(t, strings.Split(strings.TrimSuffix(out.String(), "\n"), "\n"))
+	for _, line := range strings.Split(strings.TrimSuffix(out.String(), "\n"), "\n") {
+		if !strings.HasPrefix(line, "registry.example.com/team/") && !strings.HasPrefix(line, "total: ") {
+			t.Errorf("line %q does not start with an image's name", line)
+		}
+	}
+}
+
+func TestTerminalErrorOnOneLine(t *testing.T) {
+	const cols, rows = 250, 10 // wide enough that the failure line does not wrap
+	ptm, pts, err := pty.Open()
+	if err != nil {
+		t.Fatalf("opening a pseudo-terminal: %v", err)
+	}
+	defer ptm.Close()
+	if err := pty.Setsize(ptm, &pty.Winsize{Cols: cols, Rows: rows}); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var raw bytes.Buffer
+	read := make(chan struct{})
+	go func() {
+		defer close(read)
+		buf := make([]byte, 32*1024)
+		for {
+			k, err := ptm.Read(buf)
+			mu.Lock()
+			raw.Write(buf[:k])
+			mu.Unlock()
+			if err != nil {
+				return
+			}
+		}
+	}()
+	failingRun(NewTerminal(pts))
+	pts.Close()
+	select {
+	case <-read:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the terminal was not closed")
+	}
+	mu.Lock()
+	fs := frames(t, raw.Bytes(), cols, rows)
+	mu.Unlock()
+	final := fs[len(fs)-1]
+	t.Logf("final screen:\n%s", strings.Join(final, "\n"))
+	wantFailureLine(t, final)
+}
+
+func TestSummaryErrorOnOneLine(t *testing.T) {
+	s := NewSummary([]*pull.Result{{Inputs: []string{failingName}, Err: errors.New(diskFull)}}, time.Second)
+	if got, want := s.Images[0].Error, "pulling "+failingName+": writing blob: processing tar file(write /usr/lib/big: no space left on device):; exit status 1"; got != want {
+		t.Errorf("summary error %q, want %q", got, want)
+	}
+}
+
+// An image that lists a blob twice shows each occurrence done only when it
+// is: the lower one fetched leaves the upper one to go, and the bar counts
+// the blob's bytes once until then.
+func TestTerminalRepeatedLayer(t *testing.T) {
+	a, b := digest.FromString("a"), digest.FromString("b")
+	v := newImageView(0)
+	v.observe(pull.Event{Kind: pull.EventResolved, Result: &pull.Result{Inputs: []string{"x"},
+		Layers: []pull.Layer{{Digest: a, Size: 100}, {Digest: b, Size: 10}, {Digest: a, Size: 100}}}})
+	v.observe(pull.Event{Kind: pull.EventLayerStarted, Blob: a, Size: 100})
+	v.observe(pull.Event{Kind: pull.EventLayerRead, Blob: a, Bytes: 40, Size: 100})
+	if s := v.snapshot(); s.done != 0 || s.obtained != 40 {
+		t.Errorf("while the lower occurrence is read: %d done, %d bytes obtained; want 0 and 40", s.done, s.obtained)
+	}
+	v.observe(pull.Event{Kind: pull.EventLayerRead, Blob: a, Bytes: 60, Size: 100})
+	v.observe(pull.Event{Kind: pull.EventLayerDone, Blob: a, How: pull.Fetched, Bytes: 100, Size: 100})
+	if s := v.snapshot(); s.done != 1 || s.obtained != 100 || s.state == "committing" {
+		t.Errorf("the lower occurrence fetched: %d done, %d bytes obtained, %q; want 1, 100, not committing", s.done, s.obtained, s.state)
+	}
+	v.observe(pull.Event{Kind: pull.EventLayerDone, Blob: b, How: pull.Fetched, Bytes: 10, Size: 10})
+	v.observe(pull.Event{Kind: pull.EventLayerDone, Blob: a, How: pull.Reused, Size: 100})
+	if s := v.snapshot(); s.done != 3 || s.obtained != 210 || s.reused != 100 || s.fetched != 100 {
+		t.Errorf("all three: %d done, %d obtained, %d reused, %d fetched; want 3, 210, 100, 100", s.done, s.obtained, s.reused, s.fetched)
+	}
+}
