@@ -98,6 +98,7 @@ func (o *storageOptions) open(fs *pflag.FlagSet) (storage.Store, error) {
 	if o.root == "" && o.runroot == "" && !fs.Changed("storage-driver") && perUserStore() && !storageConfApplies() {
 		fromPodman = usePodmanStore(&opts, !fs.Changed("storage-opt"))
 	}
+	sweepProbeDirs(opts.GraphRoot, false) // what killed runs left in the overlay driver's home (leftovers.go)
 	store, err := storage.GetStore(opts)
 	if err != nil {
 		if fromPodman {

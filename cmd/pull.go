@@ -196,6 +196,7 @@ func (o *pullOptions) start(c *cobra.Command) (pull.Options, func(), error) {
 		return opts, nil, err
 	}
 	shutdown := func() {
+		sweepProbeDirs(store.GraphRoot(), true) // see open
 		if _, err := store.Shutdown(false); err != nil {
 			logrus.Warnf("shutting down the store: %v", err)
 		}
