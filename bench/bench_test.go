@@ -65,7 +65,7 @@ func TestBenchQuick(t *testing.T) {
 	table := stdout.String()
 	t.Logf("bench -quick:\n%s", table)
 
-	contenders := []string{"herd", "herd-preseeded", "plaincopy"}
+	contenders := []string{"herd", "herd-preseeded", "herd-2proc", "herd-2proc-nolocks", "plaincopy"}
 	if cfg.podman != "" {
 		contenders = append(contenders, "podman-one-call", "podman-per-image")
 	} else {
@@ -203,6 +203,14 @@ func checkRow(t *testing.T, key string, r tableRow, set, comp, contender string)
 		// may fetch less.
 		if r.bytes > 1.01 {
 			t.Errorf("%s: herd served %.3f× the unique layer bytes, want ≤ 1.01", key, r.bytes)
+		}
+	case "herd-2proc":
+		// Two processes on one store share their fetches (issue 14).
+		if r.bytes > 1.01 {
+			t.Errorf("%s: two herds served %.3f× the unique layer bytes, want ≤ 1.01", key, r.bytes)
+		}
+		if r.vsHerd <= 0 {
+			t.Errorf("%s: wall ×herd %.2f, want positive", key, r.vsHerd)
 		}
 	default:
 		if r.vsHerd <= 0 || r.cpuVs <= 0 {

@@ -83,7 +83,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	refJobs := fs.Int("ref-j", 4, "the -j of herd that podman's rows are compared with")
 	limits := fs.String("limits", "0,100,20", "comma-separated bandwidth limits in MiB/s, shared by all connections; 0 is unthrottled")
 	runs := fs.Int("runs", 3, "runs per contender and setting; the table shows medians")
-	contenders := fs.String("contenders", "herd,herd-preseeded,plaincopy,podman", "which contenders to run: herd, herd-preseeded (herd into a store that already has two of the set's images in another compression), plaincopy, podman")
+	contenders := fs.String("contenders", "herd,herd-preseeded,herd-2proc,herd-2proc-nolocks,plaincopy,podman", "which contenders to run: herd, herd-preseeded (herd into a store that already has two of the set's images in another compression), herd-2proc (two herd processes pulling the set into one store at once), herd-2proc-nolocks (the same without the blob locks that let them share fetches), plaincopy, podman")
 	quick := fs.Bool("quick", false, "tiny images and a small matrix (one -j, one run, unthrottled): a smoke run in about a minute")
 	herd := fs.String("herd", "bin/herd", "the herd binary")
 	plaincopy := fs.String("plaincopy", "bin/bench-plaincopy", "the baseline program (built from ./bench/cmd/plaincopy)")
@@ -141,8 +141,8 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		}
 	}
 	for _, c := range splitList(*contenders) {
-		if c != "herd" && c != "herd-preseeded" && c != "plaincopy" && c != "podman" {
-			return nil, fmt.Errorf("-contenders %q: want herd, herd-preseeded, plaincopy or podman", c)
+		if !slices.Contains(herdContenders, c) && c != "plaincopy" && c != "podman" {
+			return nil, fmt.Errorf("-contenders %q: want %s, plaincopy or podman", c, strings.Join(herdContenders, ", "))
 		}
 		cfg.contenders[c] = true
 	}
@@ -416,10 +416,13 @@ func preseed(cache *imageCache, set, comp string) []cachedImage {
 	return []cachedImage{images[0], images[len(images)/2]}
 }
 
+// herdContenders are the contenders that run herd, in table order.
+var herdContenders = []string{"herd", "herd-preseeded", "herd-2proc", "herd-2proc-nolocks"}
+
 // contenderList is every contender configuration of one setting, in table order.
 func (cfg *config) contenderList(jobs []int) []contender {
 	var cs []contender
-	for _, name := range []string{"herd", "herd-preseeded", "plaincopy"} {
+	for _, name := range append(slices.Clone(herdContenders), "plaincopy") {
 		if cfg.contenders[name] {
 			for _, j := range jobs {
 				cs = append(cs, contender{name: name, jobs: j})

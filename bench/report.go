@@ -288,6 +288,8 @@ func (res *results) targets() string {
 				check(herdOver <= 0.5, "fleet %s 100 MiB/s -j %d: herd's wall time is %.2f× parallel podman processes' (target ≤ 0.5)", comp, res.cfg.refJobs, herdOver)
 			case k.limit == 0 && k.contender.name == "plaincopy":
 				check(herdOver <= 1.05, "fleet %s unthrottled -j %d: herd's wall time is %.2f× plain copy.Image's (target ≤ 1.05)", comp, k.contender.jobs, herdOver)
+			case k.contender.name == "herd-2proc":
+				check(r.bytesRatio <= 1.01, "fleet %s %s -j %d: two herd processes on one store were served %.3f× the set's unique bytes (target ≤ 1.01)", comp, limitName(k.limit), k.contender.jobs, r.bytesRatio)
 			case k.contender.name == "herd-preseeded":
 				check(r.timeVsHerd <= 1.3, "fleet %s %s -j %d: herd into a pre-seeded store takes %.2f× its time into an empty one (target ≤ 1.3)", comp, limitName(k.limit), k.contender.jobs, r.timeVsHerd)
 			}
@@ -334,7 +336,7 @@ func (res *results) plot(set, path string) error {
 				p.X.Tick.Marker = plot.ConstantTicks(ticks)
 				top := 0.0
 				var series []any
-				for _, name := range []string{"herd", "herd-preseeded", "plaincopy", "podman-one-call", "podman-per-image"} {
+				for _, name := range append(slices.Clone(herdContenders), "plaincopy", "podman-one-call", "podman-per-image") {
 					var xys plotter.XYs
 					for _, c := range cfg.contenderList(sc.jobs) {
 						if c.name != name {

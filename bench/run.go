@@ -114,6 +114,14 @@ func (r *runner) measure(ctx context.Context, c contender, images []cachedImage,
 	switch c.name {
 	case "herd", "herd-preseeded":
 		cmds = append(cmds, command(r.cfg.herd, append(herdArgs(c.jobs), refs...)...))
+	case "herd-2proc", "herd-2proc-nolocks":
+		for range 2 {
+			cmd := command(r.cfg.herd, append(herdArgs(c.jobs), refs...)...)
+			if c.name == "herd-2proc-nolocks" {
+				cmd.Env = append(cmd.Env, "HERD_BLOB_LOCKS=off")
+			}
+			cmds = append(cmds, cmd)
+		}
 	case "plaincopy":
 		args := []string{"-root", root, "-runroot", runroot, "-storage-driver", r.cfg.driver,
 			"-policy", r.cfg.policy, "-j", strconv.Itoa(c.jobs), "-tls-verify=false"}

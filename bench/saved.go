@@ -53,7 +53,7 @@ func (res *results) save() savedResults {
 	for _, sc := range cfg.plan {
 		out.Meta.Plan = append(out.Meta.Plan, savedScenario{Set: sc.set, Limit: sc.limit, Jobs: sc.jobs})
 	}
-	for _, c := range []string{"herd", "herd-preseeded", "plaincopy", "podman"} {
+	for _, c := range append(slices.Clone(herdContenders), "plaincopy", "podman") {
 		if cfg.contenders[c] {
 			out.Meta.Contenders = append(out.Meta.Contenders, c)
 		}

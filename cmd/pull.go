@@ -172,7 +172,9 @@ func checkReference(ref string) error {
 // returned cleanup shuts the store down and removes the run's temporary
 // directory.
 func (o *pullOptions) start(c *cobra.Command) (pull.Options, func(), error) {
-	opts := pull.Options{Jobs: o.jobs, FailFast: o.failFast}
+	// HERD_BLOB_LOCKS=off leaves other herd processes out of the run's
+	// coordination: for the benchmark's two-process rows without them.
+	opts := pull.Options{Jobs: o.jobs, FailFast: o.failFast, NoBlobLocks: os.Getenv("HERD_BLOB_LOCKS") == "off"}
 	if err := o.retry.apply(&opts); err != nil {
 		return opts, nil, err
 	}

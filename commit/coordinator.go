@@ -70,10 +70,11 @@
 //     So when a lookup misses, the layers below it that this pull has not
 //     looked up yet, and that the store does not have, are decided first,
 //     on their behalf: claimed if nobody fetches them, waited for if another
-//     pull does. This is skipped when no other image of the run needs the
-//     blob looked up (an image's own top layer): nobody will wait for it,
-//     so claiming it closes no cycle, and its fetch should not wait for
-//     lower layers. Their goroutines already hold their slots (copyLayers
+//     pull does. The wait is skipped when no other image of the run needs
+//     the blob looked up (an image's own top layer): nobody in this process
+//     will wait for it, so claiming it closes no cycle here, and its fetch
+//     should not wait for lower layers (another process's flight below it
+//     is still waited for: invariant 8). Their goroutines already hold their slots (copyLayers
 //     acquires in layer order, and a layer keeps its slot until its lookup
 //     and copy are over), so these claims keep invariants 1 and 4. With
 //     shared layers in the same order in every image, as base images give,
@@ -88,6 +89,21 @@
 //     occurrence finds the lower one's fetched blob in containers/image's
 //     own pending files and reuses it. Its layers then never hold a slot
 //     another of its layers needs (invariant 4 holds trivially).
+//  8. Other herd processes on the same store take part through the blob
+//     locks beside it (BlobLocks): an owner holds its blob's lock for as
+//     long as its flight lasts. A pull that would claim a blob whose lock
+//     another process holds gets a flight owned by that process instead,
+//     and waits for it like for any other (the lock is tried every 20 ms:
+//     when it is free the holder committed, gave up or died). Such a wait
+//     must not close a cycle across processes, which no process can see.
+//     So a pull never waits for another process's flight of a layer while
+//     it owns a flight of a layer above it in its image (it fetches the
+//     layer itself: a duplicate, never a hang), and never claims a layer
+//     while another process's flight of a layer below it is under way (it
+//     waits for that first, as in 6). An owner's commit then never depends
+//     on another process, so every flight another process waits for ends.
+//     The waits of another process are not in this process's wait graph,
+//     and need none of its slots (4).
 //
 // Waits happen only in LayersByCompressedDigest, the lookup every
 // TryReusingBlobWithOptions makes before any TOC- or DiffID-based lookup,
@@ -104,6 +120,7 @@ import (
 	"time"
 
 	digest "github.com/opencontainers/go-digest"
+	"github.com/sirupsen/logrus"
 )
 
 // WaitEnd says how a wait for another pull's blob ended (invariant 2).
@@ -143,7 +160,9 @@ type DiffIDs interface {
 // Coordinator is shared by all pulls of one run. The zero value is not
 // usable; call NewCoordinator.
 type Coordinator struct {
-	diffIDs DiffIDs // may be nil: no DiffID lookups
+	diffIDs DiffIDs       // may be nil: no DiffID lookups
+	locks   *BlobLocks    // may be nil: no coordination with other processes
+	stop    chan struct{} // closed by Close: ends the watches of other processes' flights
 
 	mu        sync.Mutex
 	flights   map[digest.Digest]*flight       // by compressed blob digest
@@ -154,24 +173,44 @@ type Coordinator struct {
 }
 
 type flight struct {
-	owner *Pull
-	done  chan struct{}
-	end   WaitEnd // set before done is closed
+	owner   *Pull // nil: another process fetches the blob (invariant 8)
+	done    chan struct{}
+	end     WaitEnd // set before done is closed
+	release func()  // the owner's blob lock (BlobLocks); nil for another process's flight
+}
+
+// ownerName names the owner for wait events and logs.
+func (f *flight) ownerName() string {
+	if f.owner == nil {
+		return "another herd process"
+	}
+	return f.owner.name
 }
 
 // NewCoordinator returns a coordinator for one run. diffIDs is the blob-info
 // cache the run's copy.Image calls share (the same BlobInfoCacheDir), so that
 // a wait ends as soon as the layer can be reused by DiffID; nil disables
 // that (invariant 2, InStore, then relies on compressed and TOC digests).
-func NewCoordinator(diffIDs DiffIDs) *Coordinator {
+// locks, if not nil, are the store's blob locks shared with other herd
+// processes (invariant 8). Call Close when the run's pulls are done.
+func NewCoordinator(diffIDs DiffIDs, locks *BlobLocks) *Coordinator {
 	return &Coordinator{
 		diffIDs:   diffIDs,
+		locks:     locks,
+		stop:      make(chan struct{}),
 		flights:   map[digest.Digest]*flight{},
 		tocToBlob: map[digest.Digest]digest.Digest{},
 		blobToTOC: map[digest.Digest]digest.Digest{},
 		waitsFor:  map[*Pull]map[*Pull]int{},
 		needs:     map[digest.Digest]int{},
 	}
+}
+
+// Close ends the coordinator's watches of other processes' flights, and
+// its part in the store's blob locks.
+func (c *Coordinator) Close() {
+	close(c.stop)
+	c.locks.Close()
 }
 
 // LinkTOC records that a zstd:chunked blob has the given TOC digest, so that
@@ -271,8 +310,8 @@ func (p *Pull) OneLayerAtATime() bool {
 }
 
 // lookingUp records that the pull's own lookup of blob has started, and
-// returns the layers below blob that no lookup has decided yet, lowest
-// first (invariant 6).
+// returns the layers below blob that this pull does not own a flight of,
+// lowest first (invariants 6 and 8).
 func (p *Pull) lookingUp(blob digest.Digest) []digest.Digest {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -282,11 +321,18 @@ func (p *Pull) lookingUp(blob digest.Digest) []digest.Digest {
 		if l == blob {
 			return below
 		}
-		if !p.looked[l] {
+		if p.claims[l] == nil {
 			below = append(below, l)
 		}
 	}
 	return nil // not one of the manifest's layers: nothing is known below it
+}
+
+// undecided reports whether no lookup of blob by this pull has started.
+func (p *Pull) undecided(blob digest.Digest) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return !p.looked[blob]
 }
 
 // WaitEnded says how this pull's last wait for blob ended, "" if it never
@@ -372,6 +418,9 @@ func (c *Coordinator) endFlightLocked(blob digest.Digest, f *flight, end WaitEnd
 	delete(c.flights, blob)
 	f.end = end
 	close(f.done)
+	if f.release != nil {
+		f.release()
+	}
 }
 
 // committed ends the flight of blob (whoever owns it) because a layer made
@@ -380,9 +429,11 @@ func (c *Coordinator) committed(blob digest.Digest) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if f := c.flights[blob]; f != nil {
-		f.owner.mu.Lock()
-		delete(f.owner.claims, blob)
-		f.owner.mu.Unlock()
+		if f.owner != nil {
+			f.owner.mu.Lock()
+			delete(f.owner.claims, blob)
+			f.owner.mu.Unlock()
+		}
 		c.endFlightLocked(blob, f, Committed)
 	}
 }
@@ -408,36 +459,59 @@ const (
 	claimAgain                 // the owner gave up, or a lower layer was decided: decide again
 )
 
-// claimOrWait implements invariants 1, 3, 5 and 6 for one missed lookup of
-// blob. below are the layers under it that no lookup has decided yet and
-// that the store does not have, lowest first.
-func (p *Pull) claimOrWait(blob digest.Digest, below []digest.Digest) decision {
+// claimOrWait implements invariants 1, 3, 5, 6 and 8 for one missed lookup
+// of blob. below are the layers under it that the store does not have and
+// this pull owns no flight of, lowest first; shared says whether other
+// images of the run need blob (if not, it waits for no other pull of this
+// process below it: invariant 6).
+func (p *Pull) claimOrWait(blob digest.Digest, below []digest.Digest, shared bool) decision {
 	c := p.c
+	// While other herd processes pull into the store, a blob only this
+	// image needs is decided after the layers below it as well (8).
+	others := c.locks.othersActive()
 	c.mu.Lock()
 	for _, b := range below {
+		// Invariant 6 decides the layers no lookup has decided yet;
+		// invariant 8 also those whose lookup is under way (it may be
+		// waiting for a lower layer), since no flight below this claim may
+		// belong to another process.
+		undecided := p.undecided(b)
 		f := c.flights[b]
 		switch {
+		case f == nil && undecided && (shared || others):
+			if c.claimLocked(p, b) {
+				continue
+			}
+			f = c.flights[b] // another process's
 		case f == nil:
-			c.claimLocked(p, b)
-		case f.owner == p || c.reachesLocked(f.owner, p):
-			// Ours already, or waiting would close a cycle: its own lookup
-			// will decide.
-		default:
-			// Another pull fetches a lower layer: let it commit that first,
-			// then decide again from the start (c.mu is released).
+			// Its own lookup decides (6): claiming it here could make this
+			// pull wait for itself, through that lookup's wait or another
+			// pull's wait for the claim. Only another process's flight
+			// matters (8).
+			if f = c.otherProcessFlightLocked(p, b); f == nil {
+				continue
+			}
+		}
+		if (f.owner == nil || undecided && shared || others) && c.mayWaitLocked(p, b, f) {
+			// Another pull, or process, fetches a lower layer: let it commit
+			// that first, then decide again from the start (c.mu is released).
 			if p.wait(b, f) == Cancelled {
 				return fetchIt // containers/image fails on the cancelled context
 			}
 			return claimAgain
 		}
+		// Ours already, another pull's in this process that its own lookup
+		// waits for, or waiting would close a cycle: its own lookup decides.
 	}
 	f := c.flights[blob]
-	if f == nil {
-		c.claimLocked(p, blob)
+	if f == nil && c.claimLocked(p, blob) {
 		c.mu.Unlock()
 		return fetchIt
 	}
-	if f.owner == p || c.reachesLocked(f.owner, p) {
+	if f = c.flights[blob]; !c.mayWaitLocked(p, blob, f) {
+		if f.owner != p {
+			logrus.Debugf("%s: fetching %s although %s is fetching it: waiting could close a cycle (invariants 3, 8)", p.name, blob, f.ownerName())
+		}
 		c.mu.Unlock()
 		return fetchIt
 	}
@@ -451,14 +525,121 @@ func (p *Pull) claimOrWait(blob digest.Digest, below []digest.Digest) decision {
 	}
 }
 
-// claimLocked starts a flight of blob owned by p. c.mu must be held.
-func (c *Coordinator) claimLocked(p *Pull, blob digest.Digest) {
-	f := &flight{owner: p, done: make(chan struct{})}
+// claimLocked starts a flight of blob owned by p, with the blob's lock
+// (invariant 8), and reports whether it did. If another process holds the
+// lock it starts a flight owned by that process instead, which ends when
+// the lock is free. c.mu must be held.
+func (c *Coordinator) claimLocked(p *Pull, blob digest.Digest) bool {
+	release := c.locks.tryLock(blob)
+	if release == nil {
+		c.startOtherProcessFlightLocked(p, blob)
+		return false
+	}
+	f := &flight{owner: p, done: make(chan struct{}), release: release}
 	c.flights[blob] = f
 	p.mu.Lock()
 	p.claims[blob] = f
 	p.looked[blob] = true
 	p.mu.Unlock()
+	return true
+}
+
+// otherProcessFlightLocked returns a flight of blob owned by another
+// process if one holds its lock, or nil. c.mu must be held, and blob must
+// have no flight.
+func (c *Coordinator) otherProcessFlightLocked(p *Pull, blob digest.Digest) *flight {
+	if c.locks == nil {
+		return nil
+	}
+	if release := c.locks.tryLock(blob); release != nil {
+		release() // a probe: whoever claims it takes it again
+		return nil
+	}
+	return c.startOtherProcessFlightLocked(p, blob)
+}
+
+// startOtherProcessFlightLocked starts a flight of blob owned by another
+// process, watched until its lock is free. c.mu must be held.
+func (c *Coordinator) startOtherProcessFlightLocked(p *Pull, blob digest.Digest) *flight {
+	f := &flight{done: make(chan struct{})}
+	c.flights[blob] = f
+	go c.watchOtherProcess(blob, f, p.reusable)
+	return f
+}
+
+// otherProcessPollInterval is how often herd tries the lock of a blob
+// another process fetches: a try is one system call, and a herd killed
+// mid-fetch is taken over this soon.
+const otherProcessPollInterval = 20 * time.Millisecond
+
+// watchOtherProcess ends f, the flight of blob owned by another process,
+// when that process no longer holds the blob's lock: it committed the
+// layer (InStore) or gave up or died (OwnerFailed). Waiters then look the
+// blob up again and, if it is still missing, claim it.
+func (c *Coordinator) watchOtherProcess(blob digest.Digest, f *flight, reusable func(digest.Digest) bool) {
+	tick := time.NewTicker(otherProcessPollInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-c.stop:
+			return
+		case <-f.done: // ended otherwise: a pull of this run committed it anyway
+			return
+		case <-tick.C:
+		}
+		release := c.locks.tryLock(blob)
+		if release == nil {
+			continue
+		}
+		release() // whoever claims the blob next takes it again
+		end := OwnerFailed
+		if reusable != nil && reusable(blob) {
+			end = InStore
+		}
+		c.mu.Lock()
+		c.endFlightLocked(blob, f, end)
+		c.mu.Unlock()
+		return
+	}
+}
+
+// mayWaitLocked reports whether p may wait for f, the flight of blob:
+// someone else owns it and waiting closes no cycle (invariants 3 and 8).
+// c.mu must be held.
+func (c *Coordinator) mayWaitLocked(p *Pull, blob digest.Digest, f *flight) bool {
+	switch {
+	case f.owner == p:
+		return false
+	case f.owner == nil:
+		return !p.claimsAbove(blob)
+	default:
+		return !c.reachesLocked(f.owner, p)
+	}
+}
+
+// layersBelow returns the image's layers under blob, lowest first.
+func (p *Pull) layersBelow(blob digest.Digest) []digest.Digest {
+	for i, l := range p.layers {
+		if l == blob {
+			return p.layers[:i]
+		}
+	}
+	return nil
+}
+
+// claimsAbove reports whether p owns a flight of a layer above blob in its
+// image.
+func (p *Pull) claimsAbove(blob digest.Digest) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	above := false
+	for _, l := range p.layers {
+		if above && p.claims[l] != nil {
+			return true
+		}
+		above = above || l == blob
+	}
+	return false
 }
 
 // wait waits for f, another pull's flight of blob, and says how the wait
@@ -470,7 +651,7 @@ func (p *Pull) wait(blob digest.Digest, f *flight) WaitEnd {
 
 	start := time.Now()
 	if p.OnWait != nil {
-		p.OnWait(WaitEvent{Blob: blob, Owner: f.owner.name})
+		p.OnWait(WaitEvent{Blob: blob, Owner: f.ownerName()})
 	}
 	end := p.await(blob, f)
 	c.mu.Lock()
@@ -480,7 +661,7 @@ func (p *Pull) wait(blob digest.Digest, f *flight) WaitEnd {
 	p.waitEnds[blob] = end
 	p.mu.Unlock()
 	if p.OnWait != nil {
-		p.OnWait(WaitEvent{Blob: blob, Owner: f.owner.name, End: end, Waited: time.Since(start)})
+		p.OnWait(WaitEvent{Blob: blob, Owner: f.ownerName(), End: end, Waited: time.Since(start)})
 	}
 	return end
 }
@@ -505,6 +686,9 @@ func (p *Pull) await(blob digest.Digest, f *flight) WaitEnd {
 }
 
 func (c *Coordinator) addWaitLocked(waiter, owner *Pull, delta int) {
+	if owner == nil {
+		return // another process: it waits for nothing of ours (invariant 8)
+	}
 	m := c.waitsFor[waiter]
 	if m == nil {
 		m = map[*Pull]int{}

@@ -21,7 +21,7 @@ var (
 // waitFor runs claimOrWait in a goroutine and returns its decision channel.
 func waitFor(p *Pull, blob digest.Digest) <-chan decision {
 	out := make(chan decision, 1)
-	go func() { out <- p.claimOrWait(blob, nil) }()
+	go func() { out <- p.claimOrWait(blob, nil, true) }()
 	return out
 }
 
@@ -43,12 +43,12 @@ func eventually(t *testing.T, what string, cond func() bool) {
 }
 
 func TestFirstMissClaimsOthersWaitUntilCommitted(t *testing.T) {
-	c := NewCoordinator(nil)
+	c := NewCoordinator(nil, nil)
 	a, b := c.NewPull(context.Background(), "a", nil), c.NewPull(context.Background(), "b", nil)
-	if d := a.claimOrWait(blobX, nil); d != fetchIt {
+	if d := a.claimOrWait(blobX, nil, true); d != fetchIt {
 		t.Fatalf("first miss: %v, want fetchIt (claim)", d)
 	}
-	if d := a.claimOrWait(blobX, nil); d != fetchIt {
+	if d := a.claimOrWait(blobX, nil, true); d != fetchIt {
 		t.Fatalf("the owner's own second miss: %v, want fetchIt without waiting", d)
 	}
 	got := waitFor(b, blobX)
@@ -63,9 +63,9 @@ func TestFirstMissClaimsOthersWaitUntilCommitted(t *testing.T) {
 }
 
 func TestOwnerGivingUpHandsTheBlobOver(t *testing.T) {
-	c := NewCoordinator(nil)
+	c := NewCoordinator(nil, nil)
 	a, b := c.NewPull(context.Background(), "a", nil), c.NewPull(context.Background(), "b", nil)
-	a.claimOrWait(blobX, nil)
+	a.claimOrWait(blobX, nil, true)
 	got := waitFor(b, blobX)
 	eventually(t, "b waits", func() bool { return waiting(c, b) })
 	a.Done() // a failed
@@ -75,7 +75,7 @@ func TestOwnerGivingUpHandsTheBlobOver(t *testing.T) {
 	if end := b.WaitEnded(blobX); end != OwnerFailed {
 		t.Errorf("wait ended %q, want %q", end, OwnerFailed)
 	}
-	if d := b.claimOrWait(blobX, nil); d != fetchIt {
+	if d := b.claimOrWait(blobX, nil, true); d != fetchIt {
 		t.Fatalf("b claiming after the handover: %v, want fetchIt", d)
 	}
 	c.mu.Lock()
@@ -87,9 +87,9 @@ func TestOwnerGivingUpHandsTheBlobOver(t *testing.T) {
 }
 
 func TestOwnerReusingEndsItsClaim(t *testing.T) {
-	c := NewCoordinator(nil)
+	c := NewCoordinator(nil, nil)
 	a, b := c.NewPull(context.Background(), "a", nil), c.NewPull(context.Background(), "b", nil)
-	a.claimOrWait(blobX, nil)
+	a.claimOrWait(blobX, nil, true)
 	got := waitFor(b, blobX)
 	eventually(t, "b waits", func() bool { return waiting(c, b) })
 	a.Reused(blobX)
@@ -106,10 +106,10 @@ func TestOwnerReusingEndsItsClaim(t *testing.T) {
 // Two pulls that each own what the other wants: the second wait would close
 // a cycle, so it is refused and that pull fetches the blob itself.
 func TestWaitThatWouldCloseACycleIsRefused(t *testing.T) {
-	c := NewCoordinator(nil)
+	c := NewCoordinator(nil, nil)
 	a, b := c.NewPull(context.Background(), "a", nil), c.NewPull(context.Background(), "b", nil)
-	a.claimOrWait(blobX, nil)
-	b.claimOrWait(blobY, nil)
+	a.claimOrWait(blobX, nil, true)
+	b.claimOrWait(blobY, nil, true)
 	aWaits := waitFor(a, blobY)
 	eventually(t, "a waits for b", func() bool { return waiting(c, a) })
 
@@ -130,17 +130,17 @@ func TestWaitThatWouldCloseACycleIsRefused(t *testing.T) {
 
 // A longer cycle, through a third pull.
 func TestCycleThroughAThirdPullIsRefused(t *testing.T) {
-	c := NewCoordinator(nil)
+	c := NewCoordinator(nil, nil)
 	blobZ := digest.FromString("z")
 	a, b, z := c.NewPull(context.Background(), "a", nil), c.NewPull(context.Background(), "b", nil), c.NewPull(context.Background(), "z", nil)
-	a.claimOrWait(blobX, nil)
-	b.claimOrWait(blobY, nil)
-	z.claimOrWait(blobZ, nil)
+	a.claimOrWait(blobX, nil, true)
+	b.claimOrWait(blobY, nil, true)
+	z.claimOrWait(blobZ, nil, true)
 	waitFor(a, blobY) // a → b
 	eventually(t, "a waits", func() bool { return waiting(c, a) })
 	waitFor(b, blobZ) // b → z
 	eventually(t, "b waits", func() bool { return waiting(c, b) })
-	if d := z.claimOrWait(blobX, nil); d != fetchIt { // z → a would close a → b → z → a
+	if d := z.claimOrWait(blobX, nil, true); d != fetchIt { // z → a would close a → b → z → a
 		t.Fatalf("z: %v, want fetchIt", d)
 	}
 	a.Done()
@@ -154,11 +154,11 @@ func TestCycleThroughAThirdPullIsRefused(t *testing.T) {
 // "done" or "skipped" event, not by any clock: the waiter's own store poll
 // is disabled here.
 func TestLayerEndedEndsFlightWhenTheStoreHasTheLayer(t *testing.T) {
-	c := NewCoordinator(nil)
+	c := NewCoordinator(nil, nil)
 	a, b := c.NewPull(context.Background(), "a", nil), c.NewPull(context.Background(), "b", nil)
 	var present atomic.Bool
 	a.reusable = func(blob digest.Digest) bool { return blob == blobX && present.Load() }
-	a.claimOrWait(blobX, nil)
+	a.claimOrWait(blobX, nil, true)
 	got := waitFor(b, blobX)
 	eventually(t, "b waits", func() bool { return waiting(c, b) })
 	a.LayerEnded() // an event while the layer is not there yet: the flight goes on
@@ -181,10 +181,10 @@ func TestLayerEndedEndsFlightWhenTheStoreHasTheLayer(t *testing.T) {
 }
 
 func TestWaitsEndOnCancellation(t *testing.T) {
-	c := NewCoordinator(nil)
+	c := NewCoordinator(nil, nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	a, b := c.NewPull(context.Background(), "a", nil), c.NewPull(ctx, "b", nil)
-	a.claimOrWait(blobX, nil)
+	a.claimOrWait(blobX, nil, true)
 	got := waitFor(b, blobX)
 	eventually(t, "b waits", func() bool { return waiting(c, b) })
 	cancel()
@@ -202,7 +202,7 @@ func TestWaitsEndOnCancellation(t *testing.T) {
 }
 
 func TestLinkTOCLinksBothWays(t *testing.T) {
-	c := NewCoordinator(nil)
+	c := NewCoordinator(nil, nil)
 	toc := digest.FromString("toc")
 	c.LinkTOC(toc, blobX)
 	if c.blobForTOC(toc) != blobX || c.tocForBlob(blobX) != toc {
@@ -215,10 +215,10 @@ func TestLinkTOCLinksBothWays(t *testing.T) {
 // as well, so that a, which wants X, waits for b instead of claiming X and
 // later wanting Y from b while b waits for a's X.
 func TestUpperLookupClaimsUnlookedLowerLayers(t *testing.T) {
-	c := NewCoordinator(nil)
+	c := NewCoordinator(nil, nil)
 	layers := []digest.Digest{blobX, blobY}
 	a, b := c.NewPull(context.Background(), "a", layers), c.NewPull(context.Background(), "b", layers)
-	if d := b.claimOrWait(blobY, b.lookingUp(blobY)); d != fetchIt {
+	if d := b.claimOrWait(blobY, b.lookingUp(blobY), true); d != fetchIt {
 		t.Fatalf("b's upper lookup: %v, want fetchIt", d)
 	}
 	c.mu.Lock()
@@ -227,7 +227,7 @@ func TestUpperLookupClaimsUnlookedLowerLayers(t *testing.T) {
 	if fx == nil || fx.owner != b {
 		t.Fatal("b's upper lookup did not claim its unlooked lower layer")
 	}
-	if d := b.claimOrWait(blobX, b.lookingUp(blobX)); d != fetchIt {
+	if d := b.claimOrWait(blobX, b.lookingUp(blobX), true); d != fetchIt {
 		t.Fatalf("b's own lookup of the layer claimed for it: %v, want fetchIt", d)
 	}
 	got := waitFor(a, blobX)
@@ -242,13 +242,13 @@ func TestUpperLookupClaimsUnlookedLowerLayers(t *testing.T) {
 // layer, the upper lookup waits for it instead of claiming the upper layer,
 // then decides again.
 func TestUpperLookupWaitsForLowerLayerInFlight(t *testing.T) {
-	c := NewCoordinator(nil)
+	c := NewCoordinator(nil, nil)
 	layers := []digest.Digest{blobX, blobY}
 	a, b := c.NewPull(context.Background(), "a", layers), c.NewPull(context.Background(), "b", layers)
-	a.claimOrWait(blobX, a.lookingUp(blobX))
+	a.claimOrWait(blobX, a.lookingUp(blobX), true)
 	below := b.lookingUp(blobY)
 	got := make(chan decision, 1)
-	go func() { got <- b.claimOrWait(blobY, below) }()
+	go func() { got <- b.claimOrWait(blobY, below, true) }()
 	eventually(t, "b waits for a's X", func() bool { return waiting(c, b) })
 	c.mu.Lock()
 	fy := c.flights[blobY]
@@ -264,7 +264,7 @@ func TestUpperLookupWaitsForLowerLayerInFlight(t *testing.T) {
 		t.Error("b does not report that it obtained X by waiting")
 	}
 	// X is in the store now, so the Store passes no layers below Y.
-	if d := b.claimOrWait(blobY, nil); d != fetchIt {
+	if d := b.claimOrWait(blobY, nil, true); d != fetchIt {
 		t.Fatalf("b deciding Y again: %v, want fetchIt (claim)", d)
 	}
 }

@@ -14,11 +14,11 @@ import (
 // owner's containers/image reused it by chain ID without a PutLayer
 // (invariant 5). Without this, the owner may need a slot the waiters hold.
 func TestWaitEndsWhenAnotherProcessCommits(t *testing.T) {
-	c := NewCoordinator(nil)
+	c := NewCoordinator(nil, nil)
 	a, b := c.NewPull(context.Background(), "a", nil), c.NewPull(context.Background(), "b", nil)
 	var present atomic.Bool
 	b.reusable = func(blob digest.Digest) bool { return blob == blobX && present.Load() }
-	a.claimOrWait(blobX, nil)
+	a.claimOrWait(blobX, nil, true)
 	got := waitFor(b, blobX)
 	eventually(t, "b waits", func() bool { return waiting(c, b) })
 	present.Store(true) // the flight is still a's

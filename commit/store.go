@@ -43,14 +43,12 @@ func (s *Store) LayersByCompressedDigest(d digest.Digest) ([]storage.Layer, erro
 			return layers, err
 		}
 		var missing []digest.Digest
-		if s.pull.c.shared(d) { // invariant 6 does not apply to a blob only this image needs
-			for _, b := range below {
-				if !s.reusable(b) {
-					missing = append(missing, b)
-				}
+		for _, b := range below {
+			if !s.reusable(b) {
+				missing = append(missing, b)
 			}
 		}
-		switch s.pull.claimOrWait(d, missing) {
+		switch s.pull.claimOrWait(d, missing, s.pull.c.shared(d)) {
 		case lookAgain:
 			// A partial pull's layer has no compressed digest, so this may
 			// still miss; containers/image then finds it by TOC or DiffID.

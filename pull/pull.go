@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"strings"
@@ -57,6 +58,9 @@ type Options struct {
 	Observe    Observer
 	// FailFast cancels the remaining images after the first failure.
 	FailFast bool
+	// NoBlobLocks leaves out the blob locks beside the store, through which
+	// herd processes pulling into one store share their fetches.
+	NoBlobLocks bool
 }
 
 // Run pulls every input and returns one Result per distinct image, in the
@@ -88,7 +92,17 @@ func Run(ctx context.Context, inputs []string, opts Options) []*Result {
 	// The blob-info cache every copy.Image of the run opens (the same
 	// BlobInfoCacheDir): it knows a blob's DiffID as soon as a pull fetched it.
 	diffIDs, _ := blobinfocache.DefaultCache(opts.System).(commit.DiffIDs) // nil if a future cache lacks TOC lookups
-	coord := commit.NewCoordinator(diffIDs)
+	// Other herd processes on the store share their fetches through locks
+	// under its run root; without them this run coordinates only its own.
+	var locks *commit.BlobLocks
+	if !opts.NoBlobLocks {
+		var err error
+		if locks, err = commit.OpenBlobLocks(filepath.Join(opts.Store.RunRoot(), "herd-blob-locks")); err != nil {
+			logrus.Warnf("%v: not coordinating fetches with other herd processes on this store", err)
+		}
+	}
+	coord := commit.NewCoordinator(diffIDs, locks)
+	defer coord.Close()
 	clock := newRunClock()
 	// The slot reserve covers every image waiting at once (one slot per
 	// layer), twice, so that slots still being reclaimed after a wait never

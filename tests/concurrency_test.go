@@ -51,7 +51,7 @@ func (e *env) podmanPullCommand(bin string, refs ...string) *exec.Cmd {
 // Issue 6, test 5: three herd processes and a podman pull run at once on
 // one store, with overlapping sets of images: every one succeeds, every
 // image is complete and correct, and the store passes containers/storage's
-// check. Several rounds on a fresh store each time, for more interleavings.
+// check; and (issue 14) the herds fetch each blob at most once among them. Several rounds on a fresh store each time, for more interleavings.
 func TestConcurrentProcessesShareOneStore(t *testing.T) {
 	podman := podmanBinary(t)
 	// A limited link stretches the transfers so that the four processes
@@ -75,7 +75,9 @@ func TestConcurrentProcessesShareOneStore(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(short) })
+	herdGets := e.countHerdGets()
 	for round := 0; round < repetitions(t, 3); round++ {
+		herdGets.reset()
 		e.resetStore()
 		e.runroot = filepath.Join(short, fmt.Sprintf("run%d", round))
 		root, runroot := e.root, e.runroot
@@ -119,6 +121,15 @@ func TestConcurrentProcessesShareOneStore(t *testing.T) {
 			t.FailNow()
 		}
 		t.Logf("round %d: all four processes done in %s", round, time.Since(start).Round(time.Millisecond))
+		// Issue 14, test 2: herd's processes fetch each blob at most once
+		// among themselves (podman takes no part, and may fetch it too).
+		for _, p := range images {
+			for _, l := range p.Layers {
+				if n := herdGets.get(l.Digest); n > 1 {
+					t.Errorf("round %d: herd processes fetched blob %s %d times, want at most once", round, l.Digest, n)
+				}
+			}
+		}
 		for _, p := range images {
 			e.verifyImage(p)
 		}

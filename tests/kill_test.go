@@ -35,6 +35,13 @@ type herdProcess struct {
 // (where it keeps its per-run herd-* directory).
 func (e *env) startHerd(tmp string, args ...string) *herdProcess {
 	e.t.Helper()
+	return e.startHerdWith(tmp, func(*exec.Cmd) {}, args...)
+}
+
+// startHerdWith is startHerd with setup applied to the command before it
+// starts.
+func (e *env) startHerdWith(tmp string, setup func(*exec.Cmd), args ...string) *herdProcess {
+	e.t.Helper()
 	self, err := os.Executable()
 	if err != nil {
 		e.t.Fatal(err)
@@ -44,6 +51,7 @@ func (e *env) startHerd(tmp string, args ...string) *herdProcess {
 	p := &herdProcess{cmd: exec.Command(self, append(full, args...)...)}
 	p.cmd.Env = append(os.Environ(), asHerdEnv+"=1", "TMPDIR="+tmp)
 	p.cmd.Stdout, p.cmd.Stderr = &p.stdout, &p.stderr
+	setup(p.cmd)
 	if err := p.cmd.Start(); err != nil {
 		e.t.Fatalf("starting herd: %v", err)
 	}

@@ -1,0 +1,124 @@
+package commit
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	digest "github.com/opencontainers/go-digest"
+)
+
+// Two coordinators on one lock directory stand for two herd processes on
+// one store: flock(2) locks of two open files conflict within one process
+// as they do across processes.
+func twoProcesses(t *testing.T) (*Coordinator, *Coordinator) {
+	t.Helper()
+	dir := t.TempDir()
+	open := func() *Coordinator {
+		l, err := OpenBlobLocks(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := NewCoordinator(nil, l)
+		t.Cleanup(c.Close)
+		return c
+	}
+	return open(), open()
+}
+
+// onWaits records the pull's wait events on a channel.
+func onWaits(p *Pull) <-chan WaitEvent {
+	events := make(chan WaitEvent, 16)
+	p.OnWait = func(e WaitEvent) { events <- e }
+	return events
+}
+
+func TestOtherProcessOwnsTheBlobUntilItsLockIsFree(t *testing.T) {
+	c1, c2 := twoProcesses(t)
+	a := c1.NewPull(context.Background(), "a", []digest.Digest{blobX})
+	b := c2.NewPull(context.Background(), "b", []digest.Digest{blobX})
+	if d := a.claimOrWait(blobX, nil, true); d != fetchIt {
+		t.Fatalf("first process, first miss: %v, want fetchIt (claim)", d)
+	}
+	events := onWaits(b)
+	got := waitFor(b, blobX)
+	if e := <-events; e.End != "" || e.Owner != "another herd process" {
+		t.Fatalf("second process: wait event %+v, want a wait for another herd process", e)
+	}
+	select {
+	case d := <-got:
+		t.Fatalf("the second process decided %v while the first still fetches the blob", d)
+	case <-time.After(5 * otherProcessPollInterval):
+	}
+	start := time.Now()
+	c1.committed(blobX) // the first process commits: its flight ends, its lock is released
+	if d := <-got; d != claimAgain {
+		t.Fatalf("after the first process committed: %v, want claimAgain (look up, claim if missing)", d)
+	}
+	if took := time.Since(start); took > time.Second {
+		t.Errorf("the wait ended %s after the lock was released, want about %s", took, otherProcessPollInterval)
+	}
+	if e := <-events; e.End != OwnerFailed {
+		t.Errorf("wait ended %q, want %q (no store to look in here)", e.End, OwnerFailed)
+	}
+	// The lock is free now: the second process claims it, and the first
+	// must wait for it in turn.
+	if d := b.claimOrWait(blobX, nil, true); d != fetchIt {
+		t.Fatalf("second process after the handover: %v, want fetchIt (claim)", d)
+	}
+	a2 := c1.NewPull(context.Background(), "a2", []digest.Digest{blobX})
+	events = onWaits(a2)
+	got = waitFor(a2, blobX)
+	<-events // a2 waits for the second process
+	b.Done() // the second process dies without the layer
+	if d := <-got; d != claimAgain {
+		t.Fatalf("after the second process gave up: %v, want claimAgain", d)
+	}
+}
+
+// Invariant 8: a pull that owns a layer above one another process fetches
+// does not wait for it (that could close a cycle across processes).
+func TestNoWaitForAnotherProcessBelowOwnClaim(t *testing.T) {
+	c1, c2 := twoProcesses(t)
+	other := c1.NewPull(context.Background(), "other", []digest.Digest{blobX})
+	other.claimOrWait(blobX, nil, true)
+	p := c2.NewPull(context.Background(), "p", []digest.Digest{blobX, blobY})
+	if d := p.claimOrWait(blobY, nil, true); d != fetchIt { // its lookup of X has not started: Y is claimed
+		t.Fatalf("claiming the upper layer: %v, want fetchIt", d)
+	}
+	if d := p.claimOrWait(blobX, nil, true); d != fetchIt {
+		t.Fatalf("the lower layer, fetched by another process, below our own claim: %v, want fetchIt (a duplicate, not a wait)", d)
+	}
+}
+
+// Invariant 8: no claim above a layer another process fetches, even when
+// the lower layer's own lookup is under way and the upper one is the
+// image's own: the upper layer's lookup waits for the lower layer first.
+func TestNoClaimAboveAnotherProcessFlight(t *testing.T) {
+	c1, c2 := twoProcesses(t)
+	other := c1.NewPull(context.Background(), "other", []digest.Digest{blobX})
+	other.claimOrWait(blobX, nil, true)
+	p := c2.NewPull(context.Background(), "p", []digest.Digest{blobX, blobY})
+	lower := make(chan decision, 1)
+	go func() { lower <- p.claimOrWait(blobX, p.lookingUp(blobX), true) }() // waits for the other process
+	eventually(t, "the lower layer waits", func() bool {
+		c2.mu.Lock()
+		defer c2.mu.Unlock()
+		f := c2.flights[blobX]
+		return f != nil && f.owner == nil
+	})
+	upper := make(chan decision, 1)
+	go func() { upper <- p.claimOrWait(blobY, p.lookingUp(blobY), false) }()
+	select {
+	case d := <-upper:
+		t.Fatalf("the upper layer decided %v while another process fetches the layer below it", d)
+	case <-time.After(5 * otherProcessPollInterval):
+	}
+	other.Done()
+	if d := <-lower; d != claimAgain {
+		t.Errorf("lower layer: %v, want claimAgain", d)
+	}
+	if d := <-upper; d != claimAgain {
+		t.Errorf("upper layer: %v, want claimAgain (decide again, now that nothing below is another process's)", d)
+	}
+}
