@@ -100,8 +100,13 @@
 //     it owns a flight of a layer above it in its image (it fetches the
 //     layer itself: a duplicate, never a hang), and never claims a layer
 //     while another process's flight of a layer below it is under way (it
-//     waits for that first, as in 6). An owner's commit then never depends
+//     waits for that first, as in 6: for layers whose own lookup is under
+//     way too, by trying their lock). An owner's commit then never depends
 //     on another process, so every flight another process waits for ends.
+//     While other herd processes are running (BlobLocks.othersActive), 6
+//     also applies to blobs only this image needs: otherwise an image's
+//     own top layer, claimed before its base, would turn every wait for a
+//     base another process fetches into a duplicate.
 //     The waits of another process are not in this process's wait graph,
 //     and need none of its slots (4).
 //

@@ -71,21 +71,14 @@ func checkServedOnce(t *testing.T, e *env, compression string, images []testimag
 			}
 		}
 	}
-	seen := map[digest.Digest]bool{}
-	for _, p := range images {
-		for _, l := range p.Layers {
-			if seen[l.Digest] {
-				continue
-			}
-			seen[l.Digest] = true
-			got := e.reg.BlobBytes(l.Digest)
-			if got == 0 || got > servedOnceBound(compression, l.Size) {
-				t.Errorf("%s: blob %s (%d bytes) served %d bytes in %d requests, want it served once",
-					what, l.Digest, l.Size, got, e.reg.BlobGets(l.Digest))
-			}
-			if n := len(fetchers[l.Digest]); n != 1 {
-				t.Errorf("%s: blob %s reported fetched by %d images %v, want 1", what, l.Digest, n, fetchers[l.Digest])
-			}
+	for _, l := range distinctLayers(images...) {
+		got := e.reg.BlobBytes(l.Digest)
+		if got == 0 || got > servedOnceBound(compression, l.Size) {
+			t.Errorf("%s: blob %s (%d bytes) served %d bytes in %d requests, want it served once",
+				what, l.Digest, l.Size, got, e.reg.BlobGets(l.Digest))
+		}
+		if n := len(fetchers[l.Digest]); n != 1 {
+			t.Errorf("%s: blob %s reported fetched by %d images %v, want 1", what, l.Digest, n, fetchers[l.Digest])
 		}
 	}
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/moby/sys/mountinfo"
 	digest "github.com/opencontainers/go-digest"
 	istorage "go.podman.io/image/v5/storage"
+	"go.podman.io/image/v5/types"
 	"go.podman.io/storage"
 	"go.podman.io/storage/pkg/reexec"
 	storagetypes "go.podman.io/storage/types"
@@ -339,17 +340,26 @@ func (e *env) verifyImage(p testimage.Pushed) {
 
 // layerBytes is what the registry served for the layer blobs of images.
 func (e *env) layerBytes(images ...testimage.Pushed) int64 {
-	seen := map[digest.Digest]bool{}
 	var n int64
+	for _, l := range distinctLayers(images...) {
+		n += e.reg.BlobBytes(l.Digest)
+	}
+	return n
+}
+
+// distinctLayers lists the layer blobs of images, each once, in order.
+func distinctLayers(images ...testimage.Pushed) []types.BlobInfo {
+	seen := map[digest.Digest]bool{}
+	var out []types.BlobInfo
 	for _, p := range images {
 		for _, l := range p.Layers {
 			if !seen[l.Digest] {
 				seen[l.Digest] = true
-				n += e.reg.BlobBytes(l.Digest)
+				out = append(out, l)
 			}
 		}
 	}
-	return n
+	return out
 }
 
 // refs are the references of pushed images, as herd arguments.

@@ -122,25 +122,18 @@ func TestPreseededStoreWaitsEndWithoutTimeout(t *testing.T) {
 		s, r := e.summaryWithin(2*time.Minute, append([]string{"-j", strconv.Itoa(jobs)}, refs(gz...)...)...)
 		waits := checkCleanWaits(t, s, r, what)
 		served, unique := int64(0), int64(0)
-		seen := map[digest.Digest]bool{}
-		for _, p := range gz {
-			for _, l := range p.Layers {
-				if seen[l.Digest] {
-					continue
-				}
-				seen[l.Digest] = true
-				got := e.reg.BlobBytes(l.Digest)
-				served += got
-				unique += l.Size
-				if got > l.Size {
-					t.Errorf("%s: blob %s (%d bytes) served %d bytes", what, l.Digest, l.Size, got)
-				}
-				// The first run's blob-info cache is empty: no gzip blob's
-				// DiffID is known, so each is fetched exactly once. Later runs
-				// share the cache and may reuse without fetching.
-				if i == 0 && got != l.Size {
-					t.Errorf("%s: blob %s (%d bytes) served %d bytes, want once", what, l.Digest, l.Size, got)
-				}
+		for _, l := range distinctLayers(gz...) {
+			got := e.reg.BlobBytes(l.Digest)
+			served += got
+			unique += l.Size
+			if got > l.Size {
+				t.Errorf("%s: blob %s (%d bytes) served %d bytes", what, l.Digest, l.Size, got)
+			}
+			// The first run's blob-info cache is empty: no gzip blob's
+			// DiffID is known, so each is fetched exactly once. Later runs
+			// share the cache and may reuse without fetching.
+			if i == 0 && got != l.Size {
+				t.Errorf("%s: blob %s (%d bytes) served %d bytes, want once", what, l.Digest, l.Size, got)
 			}
 		}
 		for _, p := range gz {
