@@ -26,10 +26,11 @@ import (
 // slowly, and against a disk that is too small.
 
 // endlessGzip writes valid gzip data of incompressible content to w until
-// writing fails (the client went away) or limit bytes were written, and
-// returns how many bytes it wrote.
-func endlessGzip(w http.ResponseWriter, limit int64) int64 {
-	var n atomic.Int64
+// writing fails (the client went away) or limit bytes were written, adding
+// what it writes to n as it goes (the test may read n while the handler
+// still runs).
+func endlessGzip(w http.ResponseWriter, limit int64, n *atomic.Int64) {
+	start := n.Load()
 	cw := writerFunc(func(p []byte) (int, error) {
 		k, err := w.Write(p)
 		n.Add(int64(k))
@@ -38,7 +39,7 @@ func endlessGzip(w http.ResponseWriter, limit int64) int64 {
 	zw := gzip.NewWriter(cw)
 	block := make([]byte, 64<<10) // random, and longer than gzip's window: it does not compress
 	_, _ = rand.Read(block)
-	for n.Load() < limit {
+	for n.Load()-start < limit {
 		if _, err := zw.Write(block); err != nil {
 			break
 		}
@@ -47,7 +48,6 @@ func endlessGzip(w http.ResponseWriter, limit int64) int64 {
 		}
 		w.(http.Flusher).Flush()
 	}
-	return n.Load()
 }
 
 type writerFunc func(p []byte) (int, error)
@@ -81,7 +81,7 @@ func TestBlobPastDeclaredSizeIsCut(t *testing.T) {
 					w.Header().Set("Content-Length", contentLength)
 				}
 				w.WriteHeader(http.StatusOK)
-				served.Add(endlessGzip(w, cap))
+				endlessGzip(w, cap, &served)
 				return true
 			})
 			r := e.herd("--stall-timeout", "10m", img.Ref)
@@ -120,7 +120,7 @@ func TestManifestAndConfigPastLimits(t *testing.T) {
 		}
 		w.Header().Set("Content-Type", "application/vnd.oci.image.manifest.v1+json")
 		w.WriteHeader(http.StatusOK)
-		manifestServed.Add(endlessGzip(w, cap)) // any bytes will do: only their number matters
+		endlessGzip(w, cap, &manifestServed) // any bytes will do: only their number matters
 		return true
 	})
 	e.reg.SetBlobHook(func(w http.ResponseWriter, req *http.Request, d digest.Digest) bool {
@@ -128,7 +128,7 @@ func TestManifestAndConfigPastLimits(t *testing.T) {
 			return false
 		}
 		w.WriteHeader(http.StatusOK)
-		configServed.Add(endlessGzip(w, cap))
+		endlessGzip(w, cap, &configServed)
 		return true
 	})
 	manifestRef := e.reg.Host + "/endless/manifest:1"
