@@ -4,11 +4,9 @@ import (
 	"bytes"
 	"errors"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/creack/pty"
 	digest "github.com/opencontainers/go-digest"
 
 	"github.com/herd-project/herd/pull"
@@ -70,40 +68,7 @@ func TestPlainErrorOnOneLine(t *testing.T) {
 
 func TestTerminalErrorOnOneLine(t *testing.T) {
 	const cols, rows = 250, 10 // wide enough that the failure line does not wrap
-	ptm, pts, err := pty.Open()
-	if err != nil {
-		t.Fatalf("opening a pseudo-terminal: %v", err)
-	}
-	defer ptm.Close()
-	if err := pty.Setsize(ptm, &pty.Winsize{Cols: cols, Rows: rows}); err != nil {
-		t.Fatal(err)
-	}
-	var mu sync.Mutex
-	var raw bytes.Buffer
-	read := make(chan struct{})
-	go func() {
-		defer close(read)
-		buf := make([]byte, 32*1024)
-		for {
-			k, err := ptm.Read(buf)
-			mu.Lock()
-			raw.Write(buf[:k])
-			mu.Unlock()
-			if err != nil {
-				return
-			}
-		}
-	}()
-	failingRun(NewTerminal(pts))
-	pts.Close()
-	select {
-	case <-read:
-	case <-time.After(10 * time.Second):
-		t.Fatal("the terminal was not closed")
-	}
-	mu.Lock()
-	fs := frames(t, raw.Bytes(), cols, rows)
-	mu.Unlock()
+	_, fs := onTerminal(t, cols, rows, failingRun)
 	final := fs[len(fs)-1]
 	t.Logf("final screen:\n%s", strings.Join(final, "\n"))
 	wantFailureLine(t, final)

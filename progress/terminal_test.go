@@ -68,18 +68,17 @@ func lines(vt vt10x.Terminal) []string {
 	return out
 }
 
-// 30 images with long names on an 80x16 terminal stay readable: the live
-// area never outgrows the terminal (images beyond it are counted on the
-// total line), no live line wraps, names are cut from the left, and every
-// image gets exactly one final line.
-func TestTerminalManyImagesFit(t *testing.T) {
-	const cols, rows, n = 80, 16, 30
+// onTerminal runs draw with a terminal display on a pseudo-terminal of
+// cols×rows, and returns what was written to it and the frames drawn, once
+// draw has closed the display.
+func onTerminal(t *testing.T, cols, rows int, draw func(d Display)) (written []byte, drawn [][]string) {
+	t.Helper()
 	ptm, pts, err := pty.Open()
 	if err != nil {
 		t.Fatalf("opening a pseudo-terminal: %v", err)
 	}
 	defer ptm.Close()
-	if err := pty.Setsize(ptm, &pty.Winsize{Cols: cols, Rows: rows}); err != nil {
+	if err := pty.Setsize(ptm, &pty.Winsize{Cols: uint16(cols), Rows: uint16(rows)}); err != nil {
 		t.Fatal(err)
 	}
 	var mu sync.Mutex
@@ -98,70 +97,7 @@ func TestTerminalManyImagesFit(t *testing.T) {
 			}
 		}
 	}()
-
-	d := NewTerminal(pts)
-	name := func(i int) string { return fmt.Sprintf("registry.example.com/platform-team/service-%02d:v1.2.3", i) }
-	blob := func(i, l int) digest.Digest { return digest.FromString(fmt.Sprintf("layer %d of %d", l, i)) }
-	results := make([]*pull.Result, n)
-	for i := range n {
-		r := &pull.Result{Inputs: []string{name(i)}, Reference: name(i), Digest: digest.FromString(name(i))}
-		for l := range 3 {
-			r.Layers = append(r.Layers, pull.Layer{Digest: blob(i, l), Size: 100_000})
-		}
-		results[i] = r
-		d.Observe(pull.Event{Kind: pull.EventResolved, Image: i, Result: r, Time: time.Now()})
-	}
-	// Six images at a time, as --jobs would have it; each layer read in 5
-	// steps, the bottom layer of odd images waited for from the image before
-	// for 10.
-	const failing = 17
-	next := 0
-	active := map[int]int{} // image → layer in flight
-	steps := map[int]int{}
-	for len(active) > 0 || next < n {
-		for len(active) < 6 && next < n {
-			active[next] = 0
-			next++
-		}
-		for i, l := range active {
-			b := blob(i, l)
-			if i%2 == 1 && l == 0 && steps[i] == 0 {
-				d.Observe(pull.Event{Kind: pull.EventLayerWaiting, Image: i, Blob: b, Owner: name(i - 1)})
-			}
-			if steps[i] == 0 && !(i%2 == 1 && l == 0) {
-				d.Observe(pull.Event{Kind: pull.EventLayerStarted, Image: i, Blob: b, Size: 100_000})
-			}
-			steps[i]++
-			if !(i%2 == 1 && l == 0) {
-				d.Observe(pull.Event{Kind: pull.EventLayerRead, Image: i, Blob: b, Bytes: 20_000, Size: 100_000})
-			}
-			if steps[i] < 5 || i%2 == 1 && l == 0 && steps[i] < 10 { // a wait spans a refresh or more
-				continue
-			}
-			how := pull.Fetched
-			if i%2 == 1 && l == 0 {
-				how = pull.Waited
-			}
-			d.Observe(pull.Event{Kind: pull.EventLayerDone, Image: i, Blob: b, How: how, Bytes: 100_000, Size: 100_000})
-			steps[i] = 0
-			if l < 2 && i != failing {
-				active[i] = l + 1
-				continue
-			}
-			r := results[i]
-			r.Duration = 300 * time.Millisecond
-			if i == failing {
-				r.Err = errors.New("pulling " + name(i) + ": reading blob " + b.String() + ": fetching blob: received unexpected HTTP status: 500 Internal Server Error")
-			} else {
-				r.ImageID = strings.Repeat(fmt.Sprintf("%02d", i), 32)
-				r.Fetched = 300_000
-			}
-			d.Observe(pull.Event{Kind: pull.EventImageDone, Image: i, Result: r, Time: time.Now()})
-			delete(active, i)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	d.Close()
+	draw(NewTerminal(pts))
 	pts.Close()
 	select {
 	case <-read:
@@ -169,10 +105,81 @@ func TestTerminalManyImagesFit(t *testing.T) {
 		t.Fatal("the terminal was not closed")
 	}
 	mu.Lock()
-	out := bytes.Clone(raw.Bytes())
+	written = bytes.Clone(raw.Bytes())
 	mu.Unlock()
+	return written, frames(t, written, cols, rows)
+}
 
-	fs := frames(t, out, cols, rows)
+// 30 images with long names on an 80x16 terminal stay readable: the live
+// area never outgrows the terminal (images beyond it are counted on the
+// total line), no live line wraps, names are cut from the left, and every
+// image gets exactly one final line.
+func TestTerminalManyImagesFit(t *testing.T) {
+	const cols, rows, n = 80, 16, 30
+	const failing = 17
+	name := func(i int) string { return fmt.Sprintf("registry.example.com/platform-team/service-%02d:v1.2.3", i) }
+	out, fs := onTerminal(t, cols, rows, func(d Display) {
+		blob := func(i, l int) digest.Digest { return digest.FromString(fmt.Sprintf("layer %d of %d", l, i)) }
+		results := make([]*pull.Result, n)
+		for i := range n {
+			r := &pull.Result{Inputs: []string{name(i)}, Reference: name(i), Digest: digest.FromString(name(i))}
+			for l := range 3 {
+				r.Layers = append(r.Layers, pull.Layer{Digest: blob(i, l), Size: 100_000})
+			}
+			results[i] = r
+			d.Observe(pull.Event{Kind: pull.EventResolved, Image: i, Result: r, Time: time.Now()})
+		}
+		// Six images at a time, as --jobs would have it; each layer read in 5
+		// steps, the bottom layer of odd images waited for from the image before
+		// for 10.
+		next := 0
+		active := map[int]int{} // image → layer in flight
+		steps := map[int]int{}
+		for len(active) > 0 || next < n {
+			for len(active) < 6 && next < n {
+				active[next] = 0
+				next++
+			}
+			for i, l := range active {
+				b := blob(i, l)
+				if i%2 == 1 && l == 0 && steps[i] == 0 {
+					d.Observe(pull.Event{Kind: pull.EventLayerWaiting, Image: i, Blob: b, Owner: name(i - 1)})
+				}
+				if steps[i] == 0 && !(i%2 == 1 && l == 0) {
+					d.Observe(pull.Event{Kind: pull.EventLayerStarted, Image: i, Blob: b, Size: 100_000})
+				}
+				steps[i]++
+				if !(i%2 == 1 && l == 0) {
+					d.Observe(pull.Event{Kind: pull.EventLayerRead, Image: i, Blob: b, Bytes: 20_000, Size: 100_000})
+				}
+				if steps[i] < 5 || i%2 == 1 && l == 0 && steps[i] < 10 { // a wait spans a refresh or more
+					continue
+				}
+				how := pull.Fetched
+				if i%2 == 1 && l == 0 {
+					how = pull.Waited
+				}
+				d.Observe(pull.Event{Kind: pull.EventLayerDone, Image: i, Blob: b, How: how, Bytes: 100_000, Size: 100_000})
+				steps[i] = 0
+				if l < 2 && i != failing {
+					active[i] = l + 1
+					continue
+				}
+				r := results[i]
+				r.Duration = 300 * time.Millisecond
+				if i == failing {
+					r.Err = errors.New("pulling " + name(i) + ": reading blob " + b.String() + ": fetching blob: received unexpected HTTP status: 500 Internal Server Error")
+				} else {
+					r.ImageID = strings.Repeat(fmt.Sprintf("%02d", i), 32)
+					r.Fetched = 300_000
+				}
+				d.Observe(pull.Event{Kind: pull.EventImageDone, Image: i, Result: r, Time: time.Now()})
+				delete(active, i)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		d.Close()
+	})
 	if len(fs) < 5 {
 		t.Fatalf("%d frames drawn; want the display redrawn as the run goes", len(fs))
 	}
