@@ -70,16 +70,17 @@
 //     So when a lookup misses, the layers below it that this pull has not
 //     looked up yet, and that the store does not have, are decided first,
 //     on their behalf: claimed if nobody fetches them, waited for if another
-//     pull does. The wait is skipped when no other image of the run needs
-//     the blob looked up (an image's own top layer): nobody in this process
+//     pull does. This is skipped when no other image of the run needs the
+//     blob looked up (an image's own top layer): nobody in this process
 //     will wait for it, so claiming it closes no cycle here, and its fetch
-//     should not wait for lower layers (another process's flight below it
-//     is still waited for: invariant 8). Their goroutines already hold their slots (copyLayers
-//     acquires in layer order, and a layer keeps its slot until its lookup
-//     and copy are over), so these claims keep invariants 1 and 4. With
-//     shared layers in the same order in every image, as base images give,
-//     no wait then closes a cycle; only images sharing layers in different
-//     orders still cost a duplicate fetch.
+//     should not wait for lower layers (invariant 8 still waits for another
+//     process's flight below it, and skips nothing while other herds run).
+//     Their goroutines already hold their slots (copyLayers acquires in
+//     layer order, and a layer keeps its slot until its lookup and copy are
+//     over), so these claims keep invariants 1 and 4. With shared layers in
+//     the same order in every image, as base images give, no wait then
+//     closes a cycle; only images sharing layers in different orders still
+//     cost a duplicate fetch.
 //  7. An image whose manifest lists the same blob twice is copied one layer
 //     at a time (Pull.OneLayerAtATime): containers/image copies both
 //     occurrences at once, and looks each up while holding the image's
@@ -553,9 +554,6 @@ func (c *Coordinator) claimLocked(p *Pull, blob digest.Digest) bool {
 // process if one holds its lock, or nil. c.mu must be held, and blob must
 // have no flight.
 func (c *Coordinator) otherProcessFlightLocked(p *Pull, blob digest.Digest) *flight {
-	if c.locks == nil {
-		return nil
-	}
 	if release := c.locks.tryLock(blob); release != nil {
 		release() // a probe: whoever claims it takes it again
 		return nil
@@ -620,16 +618,6 @@ func (c *Coordinator) mayWaitLocked(p *Pull, blob digest.Digest, f *flight) bool
 	default:
 		return !c.reachesLocked(f.owner, p)
 	}
-}
-
-// layersBelow returns the image's layers under blob, lowest first.
-func (p *Pull) layersBelow(blob digest.Digest) []digest.Digest {
-	for i, l := range p.layers {
-		if l == blob {
-			return p.layers[:i]
-		}
-	}
-	return nil
 }
 
 // claimsAbove reports whether p owns a flight of a layer above blob in its

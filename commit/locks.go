@@ -36,11 +36,13 @@ type BlobLocks struct {
 // OpenBlobLocks uses (and creates) dir for the lock files, and announces
 // this process there (othersActive) until Close.
 func OpenBlobLocks(dir string) (*BlobLocks, error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	// Presence files have a directory of their own: othersActive lists it
+	// at every missed lookup, and the blob locks pile up until boot.
+	if err := os.MkdirAll(filepath.Join(dir, "processes"), 0o700); err != nil {
 		return nil, fmt.Errorf("creating the directory for herd's blob locks: %w", err)
 	}
-	name := fmt.Sprintf("process-%d-%d.present", os.Getpid(), time.Now().UnixNano())
-	f, err := os.OpenFile(filepath.Join(dir, name), os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC, 0o600)
+	name := fmt.Sprintf("%d-%d.present", os.Getpid(), time.Now().UnixNano())
+	f, err := os.OpenFile(filepath.Join(dir, "processes", name), os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("announcing this herd beside the store: %w", err)
 	}
@@ -67,7 +69,7 @@ func (l *BlobLocks) othersActive() bool {
 	if l == nil {
 		return false
 	}
-	files, _ := filepath.Glob(filepath.Join(l.dir, "process-*.present"))
+	files, _ := filepath.Glob(filepath.Join(l.dir, "processes", "*.present"))
 	active := false
 	for _, path := range files {
 		if path == l.presence.Name() {

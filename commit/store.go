@@ -141,20 +141,21 @@ func (s *Store) ApplyStagedLayer(args storage.ApplyStagedLayerOptions) (*storage
 		return layer, s.commitFailed(blob, args.ParentLayer, err)
 	}
 	if layer != nil {
-		blob := layer.CompressedDigest
+		// The layer's own digests say which blob it was made from.
+		made := layer.CompressedDigest
 		if layer.TOCDigest != "" {
 			if b := s.pull.c.blobForTOC(layer.TOCDigest); b != "" {
-				blob = b
+				made = b
 			}
 		}
-		if blob != "" {
-			s.pull.c.committed(blob)
+		if made != "" {
+			s.pull.c.committed(made)
 			if s.pull.OnCommit != nil {
-				s.pull.OnCommit(blob, true)
+				s.pull.OnCommit(made, true)
 			}
 		}
 	}
-	return layer, err
+	return layer, nil
 }
 
 // CreateImage records the pulled image; it fails as a commit does when the

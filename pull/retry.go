@@ -149,12 +149,9 @@ func retryable(err error) bool {
 // The text is matched too: containers/storage applies a layer in a
 // re-executed child process, and an error from there is only a message.
 func storeFailure(err error) bool {
-	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) || errors.Is(err, syscall.EROFS) {
-		return true
-	}
 	msg := err.Error()
-	for _, text := range []string{syscall.ENOSPC.Error(), syscall.EDQUOT.Error(), syscall.EROFS.Error()} {
-		if strings.Contains(msg, text) {
+	for _, errno := range []syscall.Errno{syscall.ENOSPC, syscall.EDQUOT, syscall.EROFS} {
+		if errors.Is(err, errno) || strings.Contains(msg, errno.Error()) {
 			return true
 		}
 	}

@@ -19,11 +19,11 @@ import (
 // however slow, delivers kilobytes every fraction of a second, so a minute
 // of (next to) nothing is a dead or hostile connection; and since a retry is
 // cheap (committed layers are reused), abandoning it soon costs less than
-// containerd's 5 minutes of waiting. A pull waiting for another pull's blob has no clock of its own:
-// the owner's transfer is bounded by this, and when the owner's attempt
-// ends the wait ends (commit.Coordinator). (containers/image itself waits
-// at most 60s on a 429's Retry-After; a registry asking for exactly that
-// may see one retry more.)
+// containerd's 5 minutes of waiting. A pull waiting for another pull's blob
+// has no clock of its own: the owner's transfer is bounded by this, and
+// when the owner's attempt ends the wait ends (commit.Coordinator).
+// (containers/image itself waits at most 60s on a 429's Retry-After; a
+// registry asking for exactly that may see one retry more.)
 const DefaultStallTimeout = 60 * time.Second
 
 // MinProgress is what a transfer must receive within each --stall-timeout:
@@ -102,9 +102,9 @@ func (c *runClock) since() time.Duration { return time.Since(time.Unix(0, c.last
 //
 // Each transfer is timed on its own, from its "new" event (sent just before
 // the request) and then from each "read" event that brings its total
-// MinProgress or more past where its current window started, until its commit starts
-// (commit.Pull.OnCommitStart) or containers/image reports it done or
-// skipped. So a transfer that received every byte is never taken for
+// MinProgress or more past where its current window started, until its
+// commit starts (commit.Pull.OnCommitStart) or containers/image reports it
+// done or skipped. So a transfer that received every byte is never taken for
 // stalled while its layer is applied, however long that takes, and a live
 // transfer does not hide a dead one beside it. An image that queues for a
 // --jobs slot has no transfer under way and is not judged. While the image
