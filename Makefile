@@ -9,11 +9,11 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 COMMIT  ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 LDFLAGS := -X github.com/herd-project/herd/cmd.version=$(VERSION) -X github.com/herd-project/herd/cmd.commit=$(COMMIT)
 
-.PHONY: all build test demo vet clean tags fuzz completions bench
+.PHONY: all build test demo vet check-format check-tidy clean tags fuzz completions bench
 
 all: build
 
-# tags prints the build tags, for running go directly:
+# tags prints the build tags, for running go directly (in . or in tests/):
 #   go test -tags "$(make -s tags)" ./...
 tags:
 	@echo $(TAGS)
@@ -23,7 +23,7 @@ build:
 
 # demo: a local registry with sample images, pulled by herd into a temporary store; offline.
 demo: build
-	$(GO) run $(GOFLAGS_TAGS) ./tests/demo -herd bin/herd
+	cd tests && $(GO) run $(GOFLAGS_TAGS) ./demo -herd $(CURDIR)/bin/herd
 
 # completions regenerates the shell completion scripts kept in completions/
 # (cobra's, from `herd completion SHELL`); a test fails when they are stale.
@@ -39,18 +39,33 @@ completions:
 # run is). Takes about 50 minutes on 2 cores; BENCHFLAGS=-quick for a one-minute run, or
 # e.g. BENCHFLAGS='-sets fleet -limits 100 -j 4'.
 bench: build
-	$(GO) build $(GOFLAGS_TAGS) -o bin/bench-plaincopy ./bench/cmd/plaincopy
-	$(GO) build -o bin/bench-launcher ./bench/cmd/launcher
-	$(GO) run $(GOFLAGS_TAGS) ./bench -herd bin/herd -plaincopy bin/bench-plaincopy -launcher bin/bench-launcher $(BENCHFLAGS)
+	cd tests && $(GO) build $(GOFLAGS_TAGS) -o $(CURDIR)/bin/bench-plaincopy ./bench/cmd/plaincopy
+	cd tests && $(GO) build -o $(CURDIR)/bin/bench-launcher ./bench/cmd/launcher
+	cd tests && $(GO) run $(GOFLAGS_TAGS) ./bench -herd $(CURDIR)/bin/herd -plaincopy $(CURDIR)/bin/bench-plaincopy \
+		-launcher $(CURDIR)/bin/bench-launcher -out $(CURDIR)/bin/bench $(BENCHFLAGS)
 
-vet:
-	$(GO) vet $(GOFLAGS_TAGS) ./...
+# Two modules: the product (this directory) and tests/ (end-to-end tests,
+# the demo, the benchmark and their registry harness), so that the product's
+# dependency graph has no registry server, plotting or terminal emulator.
+MODULES := . tests
 
-# test: vet, the whole suite (fuzz targets run their seed corpora), then a
-# short fuzzing run of every target.
-test:
-	$(GO) vet $(GOFLAGS_TAGS) ./...
-	$(GO) test $(GOFLAGS_TAGS) -count=1 -timeout 40m ./...
+vet: check-format check-tidy
+	@set -e; for m in $(MODULES); do (cd $$m && $(GO) vet $(GOFLAGS_TAGS) ./...); done
+
+# check-format fails on any file gofmt would change.
+check-format:
+	@unformatted=$$(gofmt -l $(MODULES)); if [ -n "$$unformatted" ]; then \
+		echo "not gofmt-formatted (run gofmt -w):"; echo "$$unformatted"; exit 1; fi
+
+# check-tidy fails when go mod tidy would change a go.mod or go.sum.
+check-tidy:
+	@set -e; for m in $(MODULES); do (cd $$m && $(GO) mod tidy -diff) || \
+		{ echo "$$m: go.mod or go.sum is not tidy (run go mod tidy there)"; exit 1; }; done
+
+# test: vet, the whole suite of both modules (fuzz targets run their seed
+# corpora), then a short fuzzing run of every target.
+test: vet
+	@set -e; for m in $(MODULES); do (cd $$m && $(GO) test $(GOFLAGS_TAGS) -count=1 -timeout 40m ./...); done
 	$(MAKE) --no-print-directory fuzz
 
 # fuzz runs each fuzz target (herd's parsing of what users type: --file

@@ -18,8 +18,8 @@ import (
 	digest "github.com/opencontainers/go-digest"
 
 	"github.com/herd-project/herd/cmd"
-	"github.com/herd-project/herd/tests/testimage"
-	"github.com/herd-project/herd/tests/testregistry"
+	"github.com/herd-project/herd/tests/internal/testimage"
+	"github.com/herd-project/herd/tests/internal/testregistry"
 )
 
 // Issue 16: herd is bounded against a registry that sends too much, too

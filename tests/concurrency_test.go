@@ -13,8 +13,8 @@ import (
 	"go.podman.io/storage"
 	storagetypes "go.podman.io/storage/types"
 
-	"github.com/herd-project/herd/tests/testimage"
-	"github.com/herd-project/herd/tests/testregistry"
+	"github.com/herd-project/herd/tests/internal/testimage"
+	"github.com/herd-project/herd/tests/internal/testregistry"
 )
 
 // podmanBinary finds Debian's podman; outside CI a missing podman skips the

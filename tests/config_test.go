@@ -13,8 +13,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/herd-project/herd/tests/testimage"
-	"github.com/herd-project/herd/tests/testregistry"
+	"github.com/herd-project/herd/tests/internal/testimage"
+	"github.com/herd-project/herd/tests/internal/testregistry"
 )
 
 // herdExec runs `herd pull` as a separate process (the test binary acting

@@ -18,8 +18,8 @@ import (
 	"go.podman.io/storage"
 
 	"github.com/herd-project/herd/progress"
-	"github.com/herd-project/herd/tests/testimage"
-	"github.com/herd-project/herd/tests/testregistry"
+	"github.com/herd-project/herd/tests/internal/testimage"
+	"github.com/herd-project/herd/tests/internal/testregistry"
 )
 
 // fleet pushes 8 images sharing base layers in overlapping subsets: all

@@ -14,8 +14,8 @@ import (
 	digest "github.com/opencontainers/go-digest"
 	"go.podman.io/image/v5/types"
 
-	"github.com/herd-project/herd/tests/testimage"
-	"github.com/herd-project/herd/tests/testregistry"
+	"github.com/herd-project/herd/tests/internal/testimage"
+	"github.com/herd-project/herd/tests/internal/testregistry"
 )
 
 // Issue 16 item 7: the smaller defects, each with its test.

@@ -29,8 +29,8 @@ import (
 
 	"github.com/herd-project/herd/cmd"
 	"github.com/herd-project/herd/progress"
-	"github.com/herd-project/herd/tests/testimage"
-	"github.com/herd-project/herd/tests/testregistry"
+	"github.com/herd-project/herd/tests/internal/testimage"
+	"github.com/herd-project/herd/tests/internal/testregistry"
 )
 
 // asHerdEnv makes the test binary behave as the herd command, for tests

@@ -12,8 +12,8 @@ import (
 	digest "github.com/opencontainers/go-digest"
 	"go.podman.io/storage"
 
-	"github.com/herd-project/herd/tests/testimage"
-	"github.com/herd-project/herd/tests/testregistry"
+	"github.com/herd-project/herd/tests/internal/testimage"
+	"github.com/herd-project/herd/tests/internal/testregistry"
 )
 
 // transientRates are issue 6's bar: resets, 503s, 429s and truncations,

@@ -10,8 +10,8 @@ import (
 	"testing"
 
 	"github.com/herd-project/herd/pull"
-	"github.com/herd-project/herd/tests/testimage"
-	"github.com/herd-project/herd/tests/testregistry"
+	"github.com/herd-project/herd/tests/internal/testimage"
+	"github.com/herd-project/herd/tests/internal/testregistry"
 )
 
 // podman runs Debian's podman on the env's store (same root, runroot and

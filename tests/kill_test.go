@@ -20,8 +20,8 @@ import (
 	"go.podman.io/storage"
 	"golang.org/x/sys/unix"
 
-	"github.com/herd-project/herd/tests/testimage"
-	"github.com/herd-project/herd/tests/testregistry"
+	"github.com/herd-project/herd/tests/internal/testimage"
+	"github.com/herd-project/herd/tests/internal/testregistry"
 )
 
 // herdProcess is `herd pull` running as a separate process (the test binary

@@ -5,8 +5,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/herd-project/herd/tests/testimage"
-	"github.com/herd-project/herd/tests/testregistry"
+	"github.com/herd-project/herd/tests/internal/testimage"
+	"github.com/herd-project/herd/tests/internal/testregistry"
 )
 
 // Issue 5, test 5: from a manifest list herd pulls the host's instance by

@@ -19,8 +19,8 @@ import (
 
 	"github.com/herd-project/herd/cmd"
 	"github.com/herd-project/herd/progress"
-	"github.com/herd-project/herd/tests/testimage"
-	"github.com/herd-project/herd/tests/testregistry"
+	"github.com/herd-project/herd/tests/internal/testimage"
+	"github.com/herd-project/herd/tests/internal/testregistry"
 )
 
 // Issue 12: herd behaves like podman pull where scripts depend on it.

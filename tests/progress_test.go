@@ -21,8 +21,8 @@ import (
 	"github.com/hinshun/vt10x"
 
 	"github.com/herd-project/herd/progress"
-	"github.com/herd-project/herd/tests/testimage"
-	"github.com/herd-project/herd/tests/testregistry"
+	"github.com/herd-project/herd/tests/internal/testimage"
+	"github.com/herd-project/herd/tests/internal/testregistry"
 )
 
 // ttyHerd is `herd pull` running as a separate process (the test binary

@@ -15,8 +15,8 @@ import (
 	"go.podman.io/storage"
 
 	"github.com/herd-project/herd/cmd"
-	"github.com/herd-project/herd/tests/testimage"
-	"github.com/herd-project/herd/tests/testregistry"
+	"github.com/herd-project/herd/tests/internal/testimage"
+	"github.com/herd-project/herd/tests/internal/testregistry"
 )
 
 const kib = 1024

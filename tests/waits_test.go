@@ -22,8 +22,8 @@ import (
 
 	"github.com/herd-project/herd/progress"
 	"github.com/herd-project/herd/pull"
-	"github.com/herd-project/herd/tests/testimage"
-	"github.com/herd-project/herd/tests/testregistry"
+	"github.com/herd-project/herd/tests/internal/testimage"
+	"github.com/herd-project/herd/tests/internal/testregistry"
 )
 
 // Issue 10: every wait for another pull's blob ends when the work it waits

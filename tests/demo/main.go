@@ -20,8 +20,8 @@ import (
 	digest "github.com/opencontainers/go-digest"
 
 	"github.com/herd-project/herd/progress"
-	"github.com/herd-project/herd/tests/testimage"
-	"github.com/herd-project/herd/tests/testregistry"
+	"github.com/herd-project/herd/tests/internal/testimage"
+	"github.com/herd-project/herd/tests/internal/testregistry"
 )
 
 func main() {

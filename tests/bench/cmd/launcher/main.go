@@ -5,7 +5,7 @@ package main
 import (
 	"os"
 
-	"github.com/herd-project/herd/bench/launcher"
+	"github.com/herd-project/herd/tests/bench/launcher"
 )
 
 func main() {

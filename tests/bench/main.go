@@ -27,7 +27,7 @@ import (
 	"go.podman.io/storage/pkg/reexec"
 	storagetypes "go.podman.io/storage/types"
 
-	"github.com/herd-project/herd/tests/testregistry"
+	"github.com/herd-project/herd/tests/internal/testregistry"
 )
 
 func main() {

@@ -19,8 +19,8 @@ import (
 	storagetypes "go.podman.io/storage/types"
 	"golang.org/x/sys/unix"
 
-	"github.com/herd-project/herd/bench/launcher"
-	"github.com/herd-project/herd/tests/testregistry"
+	"github.com/herd-project/herd/tests/bench/launcher"
+	"github.com/herd-project/herd/tests/internal/testregistry"
 )
 
 // program is an executable to run as a contender, with extra environment

@@ -1,4 +1,4 @@
-package progress
+package tests
 
 import (
 	"bytes"
@@ -9,6 +9,7 @@ import (
 
 	digest "github.com/opencontainers/go-digest"
 
+	"github.com/herd-project/herd/progress"
 	"github.com/herd-project/herd/pull"
 )
 
@@ -21,7 +22,7 @@ const (
 
 // failingRun feeds d an image that fails with diskFull beside one that is
 // pulled.
-func failingRun(d Display) {
+func failingRun(d progress.Display) {
 	ok := &pull.Result{Inputs: []string{"registry.example.com/team/ok:v1"}, Reference: "registry.example.com/team/ok:v1",
 		Layers: []pull.Layer{{Digest: digest.FromString("ok"), Size: 10}}}
 	bad := &pull.Result{Inputs: []string{failingName}, Reference: failingName,
@@ -56,7 +57,7 @@ func wantFailureLine(t *testing.T, lines []string) {
 
 func TestPlainErrorOnOneLine(t *testing.T) {
 	var out bytes.Buffer
-	failingRun(NewPlain(&out))
+	failingRun(progress.NewPlain(&out))
 	t.Logf("plain display:\n%s", out.String())
 	wantFailureLine(t, strings.Split(strings.TrimSuffix(out.String(), "\n"), "\n"))
 	for _, line := range strings.Split(strings.TrimSuffix(out.String(), "\n"), "\n") {
@@ -75,33 +76,8 @@ func TestTerminalErrorOnOneLine(t *testing.T) {
 }
 
 func TestSummaryErrorOnOneLine(t *testing.T) {
-	s := NewSummary([]*pull.Result{{Inputs: []string{failingName}, Err: errors.New(diskFull)}}, time.Second)
+	s := progress.NewSummary([]*pull.Result{{Inputs: []string{failingName}, Err: errors.New(diskFull)}}, time.Second)
 	if got, want := s.Images[0].Error, "pulling "+failingName+": writing blob: processing tar file(write /usr/lib/big: no space left on device):; exit status 1"; got != want {
 		t.Errorf("summary error %q, want %q", got, want)
-	}
-}
-
-// An image that lists a blob twice shows each occurrence done only when it
-// is: the lower one fetched leaves the upper one to go, and the bar counts
-// the blob's bytes once until then.
-func TestTerminalRepeatedLayer(t *testing.T) {
-	a, b := digest.FromString("a"), digest.FromString("b")
-	v := newImageView(0)
-	v.observe(pull.Event{Kind: pull.EventResolved, Result: &pull.Result{Inputs: []string{"x"},
-		Layers: []pull.Layer{{Digest: a, Size: 100}, {Digest: b, Size: 10}, {Digest: a, Size: 100}}}})
-	v.observe(pull.Event{Kind: pull.EventLayerStarted, Blob: a, Size: 100})
-	v.observe(pull.Event{Kind: pull.EventLayerRead, Blob: a, Bytes: 40, Size: 100})
-	if s := v.snapshot(); s.done != 0 || s.obtained != 40 {
-		t.Errorf("while the lower occurrence is read: %d done, %d bytes obtained; want 0 and 40", s.done, s.obtained)
-	}
-	v.observe(pull.Event{Kind: pull.EventLayerRead, Blob: a, Bytes: 60, Size: 100})
-	v.observe(pull.Event{Kind: pull.EventLayerDone, Blob: a, How: pull.Fetched, Bytes: 100, Size: 100})
-	if s := v.snapshot(); s.done != 1 || s.obtained != 100 || s.state == "committing" {
-		t.Errorf("the lower occurrence fetched: %d done, %d bytes obtained, %q; want 1, 100, not committing", s.done, s.obtained, s.state)
-	}
-	v.observe(pull.Event{Kind: pull.EventLayerDone, Blob: b, How: pull.Fetched, Bytes: 10, Size: 10})
-	v.observe(pull.Event{Kind: pull.EventLayerDone, Blob: a, How: pull.Reused, Size: 100})
-	if s := v.snapshot(); s.done != 3 || s.obtained != 210 || s.reused != 100 || s.fetched != 100 {
-		t.Errorf("all three: %d done, %d obtained, %d reused, %d fetched; want 3, 210, 100, 100", s.done, s.obtained, s.reused, s.fetched)
 	}
 }

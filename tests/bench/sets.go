@@ -5,7 +5,7 @@ import (
 	"math"
 	"math/rand"
 
-	"github.com/herd-project/herd/tests/testimage"
+	"github.com/herd-project/herd/tests/internal/testimage"
 )
 
 // The image sets. Sizes are uncompressed tar content; the generated content

@@ -15,7 +15,7 @@ import (
 	"go.podman.io/image/v5/pkg/compression"
 	"go.podman.io/storage/pkg/chunked/toc"
 
-	"github.com/herd-project/herd/tests/testregistry"
+	"github.com/herd-project/herd/tests/internal/testregistry"
 )
 
 const compressions = "gzip zstd zstd:chunked"

@@ -1,4 +1,4 @@
-package progress
+package tests
 
 import (
 	"bytes"
@@ -11,67 +11,16 @@ import (
 	"time"
 
 	"github.com/creack/pty"
-	"github.com/hinshun/vt10x"
 	digest "github.com/opencontainers/go-digest"
 
+	"github.com/herd-project/herd/progress"
 	"github.com/herd-project/herd/pull"
 )
-
-// redraw is how mpb starts each frame: cursor up over the last one, clear down.
-var redraw = regexp.MustCompile(`\x1b\[\d+A\x1b\[J`)
-
-// vtWrapped is vt10x's attrWrap: the mode bit it sets on the last cell of a
-// row whose text went on to the next row.
-const vtWrapped = 1 << 6
-
-// frames replays raw through a terminal emulator and returns the screen as
-// it stood before each redraw, and at the end, as lines (wrapped rows
-// joined and marked with a trailing "\x00").
-func frames(t *testing.T, raw []byte, cols, rows int) [][]string {
-	t.Helper()
-	vt := vt10x.New(vt10x.WithSize(cols, rows))
-	var out [][]string
-	prev := 0
-	for _, m := range append(redraw.FindAllIndex(raw, -1), []int{len(raw), len(raw)}) {
-		if _, err := vt.Write(raw[prev:m[0]]); err != nil {
-			t.Fatal(err)
-		}
-		prev = m[0]
-		out = append(out, lines(vt))
-	}
-	return out
-}
-
-func lines(vt vt10x.Terminal) []string {
-	vt.Lock()
-	defer vt.Unlock()
-	cols, rows := vt.Size()
-	var out []string
-	var cur strings.Builder
-	for y := range rows {
-		for x := range cols {
-			cur.WriteRune(vt.Cell(x, y).Char)
-		}
-		if vt.Cell(cols-1, y).Mode&vtWrapped != 0 {
-			continue
-		}
-		line := strings.TrimRight(cur.String(), " \x00")
-		if y > 0 && vt.Cell(cols-1, y-1).Mode&vtWrapped != 0 {
-			line += "\x00"
-		}
-		out = append(out, line)
-		cur.Reset()
-	}
-	for len(out) > 0 && out[len(out)-1] == "" {
-		out = out[:len(out)-1]
-	}
-	return out
-}
 
 // onTerminal runs draw with a terminal display on a pseudo-terminal of
 // cols×rows, and returns what was written to it and the frames drawn, once
 // draw has closed the display.
-func onTerminal(t *testing.T, cols, rows int, draw func(d Display)) (written []byte, drawn [][]string) {
+func onTerminal(t *testing.T, cols, rows int, draw func(d progress.Display)) (written []byte, drawn [][]string) {
 	t.Helper()
 	ptm, pts, err := pty.Open()
 	if err != nil {
@@ -97,7 +46,7 @@ func onTerminal(t *testing.T, cols, rows int, draw func(d Display)) (written []b
 			}
 		}
 	}()
-	draw(NewTerminal(pts))
+	draw(progress.NewTerminal(pts))
 	pts.Close()
 	select {
 	case <-read:
@@ -107,7 +56,8 @@ func onTerminal(t *testing.T, cols, rows int, draw func(d Display)) (written []b
 	mu.Lock()
 	written = bytes.Clone(raw.Bytes())
 	mu.Unlock()
-	return written, frames(t, written, cols, rows)
+	fs, final := screens(t, written, cols, rows)
+	return written, append(fs, final)
 }
 
 // 30 images with long names on an 80x16 terminal stay readable: the live
@@ -118,7 +68,7 @@ func TestTerminalManyImagesFit(t *testing.T) {
 	const cols, rows, n = 80, 16, 30
 	const failing = 17
 	name := func(i int) string { return fmt.Sprintf("registry.example.com/platform-team/service-%02d:v1.2.3", i) }
-	out, fs := onTerminal(t, cols, rows, func(d Display) {
+	out, fs := onTerminal(t, cols, rows, func(d progress.Display) {
 		blob := func(i, l int) digest.Digest { return digest.FromString(fmt.Sprintf("layer %d of %d", l, i)) }
 		results := make([]*pull.Result, n)
 		for i := range n {

@@ -7,7 +7,7 @@ import (
 
 	"go.podman.io/storage/pkg/reexec"
 
-	"github.com/herd-project/herd/bench/plaincopy"
+	"github.com/herd-project/herd/tests/bench/plaincopy"
 )
 
 func main() {

@@ -12,8 +12,8 @@ import (
 
 	digest "github.com/opencontainers/go-digest"
 
-	"github.com/herd-project/herd/tests/testimage"
-	"github.com/herd-project/herd/tests/testregistry"
+	"github.com/herd-project/herd/tests/internal/testimage"
+	"github.com/herd-project/herd/tests/internal/testregistry"
 )
 
 // cacheVersion changes whenever the generated content or set shapes do, so

@@ -13,9 +13,9 @@ import (
 
 	"go.podman.io/storage/pkg/reexec"
 
-	"github.com/herd-project/herd/bench/launcher"
-	"github.com/herd-project/herd/bench/plaincopy"
 	"github.com/herd-project/herd/cmd"
+	"github.com/herd-project/herd/tests/bench/launcher"
+	"github.com/herd-project/herd/tests/bench/plaincopy"
 )
 
 // asEnv makes the test binary act as herd, the baseline or the launcher, so
