@@ -91,7 +91,7 @@ func (p *Plain) Observe(e pull.Event) {
 		// naming the image and the cause; one is enough.
 	case pull.EventImageDone:
 		r := e.Result
-		p.fetched += r.Fetched
+		p.fetched += r.BytesFetched
 		if r.Failed() {
 			p.failed++
 			fmt.Fprintf(p.w, "%s: failed: %s\n", name, OneLine(r.Err))
@@ -113,12 +113,12 @@ func (p *Plain) Close() {
 
 // layerSummary counts layers by how they were obtained.
 func layerSummary(r *pull.Result) string {
-	counts := map[string]int{}
+	counts := map[pull.How]int{}
 	for _, l := range r.Layers {
 		counts[l.How]++
 	}
 	var parts []string
-	for _, how := range []string{pull.Fetched, pull.Partial, pull.Waited, pull.Reused} {
+	for _, how := range []pull.How{pull.Fetched, pull.Partial, pull.Waited, pull.Reused} {
 		if counts[how] > 0 {
 			parts = append(parts, fmt.Sprintf("%d %s", counts[how], how))
 		}
@@ -126,7 +126,7 @@ func layerSummary(r *pull.Result) string {
 	if len(parts) == 0 {
 		parts = append(parts, "no layers")
 	}
-	return fmt.Sprintf("%s; %s fetched", strings.Join(parts, ", "), size(r.Fetched))
+	return fmt.Sprintf("%s; %s fetched", strings.Join(parts, ", "), size(r.BytesFetched))
 }
 
 // OneLine is err's text on one line, its lines joined with "; ": every

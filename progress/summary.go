@@ -7,6 +7,7 @@ import (
 
 	digest "github.com/opencontainers/go-digest"
 
+	"github.com/herd-project/herd/commit"
 	"github.com/herd-project/herd/pull"
 )
 
@@ -47,12 +48,12 @@ type LayerSummary struct {
 	Size   int64         `json:"size"`
 	// How is pull.Fetched, Partial, Reused or Waited; empty (and left out of
 	// the JSON) when the image failed before obtaining the layer.
-	How     string `json:"how,omitempty"`
-	Fetched int64  `json:"fetchedBytes"`
+	How     pull.How `json:"how,omitempty"`
+	Fetched int64    `json:"fetchedBytes"`
 	// WaitEnded says how the image's wait for another pull's fetch of the
 	// blob ended (committed, reused, store, owner-failed, cancelled); left
 	// out when it did not wait.
-	WaitEnded string `json:"waitEnded,omitempty"`
+	WaitEnded commit.WaitEnd `json:"waitEnded,omitempty"`
 }
 
 // Totals add up the run.
@@ -71,11 +72,11 @@ func NewSummary(results []*pull.Result, wall time.Duration) Summary {
 		img := ImageSummary{
 			Inputs: r.Inputs, Reference: r.Reference, Names: r.Names,
 			Digest: string(r.Digest), InstanceDigest: string(r.InstanceDigest), Platform: r.Platform,
-			ImageID: r.ImageID, Layers: []LayerSummary{}, Fetched: r.Fetched, Reused: reusedBytes(r),
+			ImageID: r.ImageID, Layers: []LayerSummary{}, Fetched: r.BytesFetched, Reused: reusedBytes(r),
 			Attempts: r.Attempts, DurationSeconds: r.Duration.Seconds(),
 		}
 		for _, l := range r.Layers {
-			img.Layers = append(img.Layers, LayerSummary{Digest: l.Digest, Size: l.Size, How: l.How, Fetched: l.Fetched, WaitEnded: l.WaitEnded})
+			img.Layers = append(img.Layers, LayerSummary{Digest: l.Digest, Size: l.Size, How: l.How, Fetched: l.BytesFetched, WaitEnded: l.WaitEnded})
 		}
 		if r.Err != nil {
 			img.Error = OneLine(r.Err) // as the displays print it
@@ -96,8 +97,8 @@ func NewSummary(results []*pull.Result, wall time.Duration) Summary {
 func reusedBytes(r *pull.Result) int64 {
 	var n int64
 	for _, l := range r.Layers {
-		if l.How != "" && l.Size > l.Fetched {
-			n += l.Size - l.Fetched
+		if l.How != "" && l.Size > l.BytesFetched {
+			n += l.Size - l.BytesFetched
 		}
 	}
 	return n

@@ -421,7 +421,7 @@ func (v *imageView) observe(e pull.Event) {
 		v.finishedAt = e.Time
 		// The result counts what events do not: the config, and for a
 		// partial pull the part of each layer that was reused.
-		v.fetched, v.reused = e.Result.Fetched, reusedBytes(e.Result)
+		v.fetched, v.reused = e.Result.BytesFetched, reusedBytes(e.Result)
 	}
 }
 

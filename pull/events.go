@@ -41,7 +41,7 @@ type Event struct {
 	Blob   digest.Digest
 	Size   int64
 	Bytes  int64
-	How    string
+	How    How
 	Owner  string
 	Err    error // EventRetrying: why the last attempt failed
 	Time   time.Time

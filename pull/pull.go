@@ -234,7 +234,7 @@ type imagePull struct {
 	lent     int64                   // slots lent to the run while it waits
 	fetched  map[digest.Digest]int64 // bytes read per blob, config included
 	done     map[digest.Digest]bool
-	skipped  map[digest.Digest]string // Reused or Waited
+	skipped  map[digest.Digest]How // Reused or Waited
 	waitEnds map[digest.Digest]commit.WaitEnd
 	partial  map[digest.Digest]bool
 	layerIdx map[digest.Digest]int
@@ -251,7 +251,7 @@ func (ip *imagePull) pull(ctx context.Context) {
 	defer func() { ip.result.Duration = time.Since(start) }()
 	ip.fetched = map[digest.Digest]int64{}
 	ip.done = map[digest.Digest]bool{}
-	ip.skipped = map[digest.Digest]string{}
+	ip.skipped = map[digest.Digest]How{}
 	ip.waitEnds = map[digest.Digest]commit.WaitEnd{}
 	ip.partial = map[digest.Digest]bool{}
 	ip.layerIdx = map[digest.Digest]int{}
@@ -468,11 +468,11 @@ func (ip *imagePull) finishLayers() {
 	for _, n := range ip.fetched {
 		total += n
 	}
-	ip.result.Fetched = total
+	ip.result.BytesFetched = total
 	for i := range ip.result.Layers {
 		l := &ip.result.Layers[i]
-		l.Fetched = ip.fetched[l.Digest]
-		l.WaitEnded = string(ip.waitEnds[l.Digest])
+		l.BytesFetched = ip.fetched[l.Digest]
+		l.WaitEnded = ip.waitEnds[l.Digest]
 		switch {
 		case ip.partial[l.Digest]:
 			l.How = Partial
@@ -482,7 +482,7 @@ func (ip *imagePull) finishLayers() {
 			l.How = ip.skipped[l.Digest] // "" if the pull failed before reaching it
 		}
 		if i > 0 && l.How != "" && slices.ContainsFunc(ip.result.Layers[:i], func(o Layer) bool { return o.Digest == l.Digest }) {
-			l.How, l.Fetched, l.WaitEnded = Reused, 0, "" // listed again: it reused the first occurrence's blob
+			l.How, l.BytesFetched, l.WaitEnded = Reused, 0, "" // listed again: it reused the first occurrence's blob
 		}
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"go.podman.io/storage"
 
 	"github.com/herd-project/herd/cmd"
+	"github.com/herd-project/herd/pull"
 	"github.com/herd-project/herd/tests/internal/testimage"
 	"github.com/herd-project/herd/tests/internal/testregistry"
 )
@@ -115,7 +116,7 @@ func TestSimilarFilesPartialPull(t *testing.T) {
 	if min(aFrac, bFrac) > 0.20 {
 		t.Errorf("the second image was served %.1f%% of its blob, want at most 20%%", 100*min(aFrac, bFrac))
 	}
-	hows := map[string]bool{}
+	hows := map[pull.How]bool{}
 	for _, img := range s.Images {
 		hows[img.Layers[0].How] = true
 	}

@@ -121,7 +121,7 @@ func TestTerminalManyImagesFit(t *testing.T) {
 					r.Err = errors.New("pulling " + name(i) + ": reading blob " + b.String() + ": fetching blob: received unexpected HTTP status: 500 Internal Server Error")
 				} else {
 					r.ImageID = strings.Repeat(fmt.Sprintf("%02d", i), 32)
-					r.Fetched = 300_000
+					r.BytesFetched = 300_000
 				}
 				d.Observe(pull.Event{Kind: pull.EventImageDone, Image: i, Result: r, Time: time.Now()})
 				delete(active, i)

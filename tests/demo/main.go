@@ -19,7 +19,9 @@ import (
 
 	digest "github.com/opencontainers/go-digest"
 
+	"github.com/herd-project/herd/commit"
 	"github.com/herd-project/herd/progress"
+	"github.com/herd-project/herd/pull"
 	"github.com/herd-project/herd/tests/internal/testimage"
 	"github.com/herd-project/herd/tests/internal/testregistry"
 )
@@ -116,12 +118,12 @@ func printSummary(s progress.Summary) {
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(w, "IMAGE\tID\tLAYERS (how)\tFETCHED")
 	for _, img := range s.Images {
-		hows := map[string]int{}
+		hows := map[pull.How]int{}
 		for _, l := range img.Layers {
 			hows[l.How]++
 		}
 		var desc string
-		for _, h := range []string{"fetched", "partial", "waited", "reused"} {
+		for _, h := range []pull.How{pull.Fetched, pull.Partial, pull.Waited, pull.Reused} {
 			if hows[h] > 0 {
 				desc += fmt.Sprintf("%d %s ", hows[h], h)
 			}
@@ -138,7 +140,7 @@ func printSummary(s progress.Summary) {
 // waitsAndRetries says how the run's waits for other pulls' blobs ended and
 // how many images needed more than one attempt, if any did.
 func waitsAndRetries(s progress.Summary) string {
-	ends := map[string]int{}
+	ends := map[commit.WaitEnd]int{}
 	retried := 0
 	for _, img := range s.Images {
 		for _, l := range img.Layers {
@@ -151,7 +153,7 @@ func waitsAndRetries(s progress.Summary) string {
 		}
 	}
 	var out []string
-	for _, end := range []string{"committed", "store", "reused", "owner-failed", "cancelled"} {
+	for _, end := range []commit.WaitEnd{commit.Committed, commit.InStore, commit.OwnerReused, commit.OwnerFailed, commit.Cancelled} {
 		if ends[end] > 0 {
 			out = append(out, fmt.Sprintf("%d %s", ends[end], end))
 		}
