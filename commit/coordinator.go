@@ -25,17 +25,17 @@
 //     matched by compressed digest, or ApplyStagedLayer, matched by TOC
 //     digest for zstd:chunked partial pulls);
 //     - OwnerReused: the owner turns out to reuse the blob after all
-//     (Pull.Reused: its compressed-digest lookup missed, but a TOC or
+//     (a \"skipped\" event: its compressed-digest lookup missed, but a TOC or
 //     DiffID lookup that follows found the layer);
 //     - InStore: containers/image finished one of the owner's layers (a
-//     "done" or "skipped" event, Pull.LayerEnded) and the store now has a
+//     "done" or "skipped" event, Image.Progress) and the store now has a
 //     layer that a lookup of the blob finds (reusable): containers/image
 //     commits a layer without PutLayer when one with the same chain ID
 //     already exists (made from another compression of the same content,
 //     by podman load, by a local build), and every commit happens inside
 //     the call that precedes such an event;
 //     - OwnerFailed: the owner's copy.Image returned without committing the
-//     blob (Pull.Done), whatever the reason: its fetch failed, a lower
+//     blob (Image.Done), whatever the reason: its fetch failed, a lower
 //     layer failed, it was abandoned as stalled, or it was cancelled.
 //     Waiters then look the layer up again; if it is still missing they
 //     claim it.
@@ -82,7 +82,7 @@
 //     closes a cycle; only images sharing layers in different orders still
 //     cost a duplicate fetch.
 //  7. An image whose manifest lists the same blob twice is copied one layer
-//     at a time (Pull.OneLayerAtATime): containers/image copies both
+//     at a time (Image.OneLayerAtATime): containers/image copies both
 //     occurrences at once, and looks each up while holding the image's
 //     destination lock, which the other occurrence needs to record its
 //     fetched blob; waiting for our own flight would never end, and not
@@ -127,6 +127,7 @@ import (
 
 	digest "github.com/opencontainers/go-digest"
 	"github.com/sirupsen/logrus"
+	"go.podman.io/image/v5/types"
 )
 
 // WaitEnd says how a wait for another pull's blob ended (invariant 2).
@@ -163,23 +164,46 @@ type DiffIDs interface {
 	UncompressedDigestForTOC(toc digest.Digest) digest.Digest
 }
 
+// Plan is what a run will pull, known before any of its pulls starts: each
+// image of the run, by its index, with its layers as its manifest lists
+// them, lowest first. The coordinator learns from it which blobs more than
+// one image needs (invariant 6) and which blob a TOC digest belongs to (a
+// partial pull's commit knows only the TOC digest: invariant 2).
+type Plan []PlannedImage
+
+// PlannedImage is one image of a Plan. An image that is not pulled (its
+// reference did not resolve) has no layers.
+type PlannedImage struct {
+	Name   string // how wait events and logs name the image
+	Layers []Layer
+}
+
+// Layer is one layer blob of a planned image.
+type Layer struct {
+	Blob digest.Digest // the compressed blob's digest
+	TOC  digest.Digest // zstd:chunked's TOC digest; "" for other layers
+}
+
 // Coordinator is shared by all pulls of one run. The zero value is not
 // usable; call NewCoordinator.
 type Coordinator struct {
+	plan    Plan
 	diffIDs DiffIDs       // may be nil: no DiffID lookups
 	locks   *BlobLocks    // may be nil: no coordination with other processes
 	stop    chan struct{} // closed by Close: ends the watches of other processes' flights
 
-	mu        sync.Mutex
-	flights   map[digest.Digest]*flight       // by compressed blob digest
+	// Fixed by NewCoordinator from the plan: read without c.mu.
 	tocToBlob map[digest.Digest]digest.Digest // zstd:chunked TOC digest → compressed blob digest
 	blobToTOC map[digest.Digest]digest.Digest // and back
-	waitsFor  map[*Pull]map[*Pull]int         // waiter → owner → number of waits
 	needs     map[digest.Digest]int           // how many images of the run have each blob
+
+	mu       sync.Mutex
+	flights  map[digest.Digest]*flight // by compressed blob digest
+	waitsFor map[*Image]map[*Image]int // waiter → owner → number of waits
 }
 
 type flight struct {
-	owner   *Pull // nil: another process fetches the blob (invariant 8)
+	owner   *Image // nil: another process fetches the blob (invariant 8)
 	done    chan struct{}
 	end     WaitEnd // set before done is closed
 	release func()  // the owner's blob lock (BlobLocks); nil for another process's flight
@@ -193,23 +217,43 @@ func (f *flight) ownerName() string {
 	return f.owner.name
 }
 
-// NewCoordinator returns a coordinator for one run. diffIDs is the blob-info
-// cache the run's copy.Image calls share (the same BlobInfoCacheDir), so that
-// a wait ends as soon as the layer can be reused by DiffID; nil disables
-// that (invariant 2, InStore, then relies on compressed and TOC digests).
-// locks, if not nil, are the store's blob locks shared with other herd
-// processes (invariant 8). Call Close when the run's pulls are done.
-func NewCoordinator(diffIDs DiffIDs, locks *BlobLocks) *Coordinator {
-	return &Coordinator{
+// NewCoordinator returns the coordinator of one run that pulls plan.
+// diffIDs is the blob-info cache the run's copy.Image calls share (the same
+// BlobInfoCacheDir), so that a wait ends as soon as the layer can be reused
+// by DiffID; nil disables that (invariant 2, InStore, then relies on
+// compressed and TOC digests). locks, if not nil, are the store's blob locks
+// shared with other herd processes (invariant 8). Call Close when the run's
+// pulls are done.
+//
+// The coordinator has no clock of its own (invariant 5): how long a
+// transfer may make no progress is the pull engine's stall policy, which
+// ends an owner's attempt, and with it its flights (OwnerFailed).
+func NewCoordinator(plan Plan, diffIDs DiffIDs, locks *BlobLocks) *Coordinator {
+	c := &Coordinator{
+		plan:      plan,
 		diffIDs:   diffIDs,
 		locks:     locks,
 		stop:      make(chan struct{}),
-		flights:   map[digest.Digest]*flight{},
 		tocToBlob: map[digest.Digest]digest.Digest{},
 		blobToTOC: map[digest.Digest]digest.Digest{},
-		waitsFor:  map[*Pull]map[*Pull]int{},
 		needs:     map[digest.Digest]int{},
+		flights:   map[digest.Digest]*flight{},
+		waitsFor:  map[*Image]map[*Image]int{},
 	}
+	for _, img := range plan {
+		counted := map[digest.Digest]bool{}
+		for _, l := range img.Layers {
+			if l.TOC != "" {
+				c.tocToBlob[l.TOC] = l.Blob
+				c.blobToTOC[l.Blob] = l.TOC
+			}
+			if !counted[l.Blob] {
+				counted[l.Blob] = true
+				c.needs[l.Blob]++
+			}
+		}
+	}
+	return c
 }
 
 // Close ends the coordinator's watches of other processes' flights, and
@@ -219,63 +263,47 @@ func (c *Coordinator) Close() {
 	c.locks.Close()
 }
 
-// LinkTOC records that a zstd:chunked blob has the given TOC digest, so that
-// a partial pull's commit (which knows only the TOC digest) ends the flight
-// of that blob. The pull engine calls it for every layer of every manifest.
-func (c *Coordinator) LinkTOC(toc, blob digest.Digest) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.tocToBlob[toc] = blob
-	c.blobToTOC[blob] = toc
-}
-
-// Need records that one image of the run has blob among its layers. The
-// pull engine calls it once per image and distinct layer blob, before the
-// pulls start (invariant 6).
-func (c *Coordinator) Need(blob digest.Digest) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.needs[blob]++
-}
-
 // shared reports whether more than one image of the run needs blob.
-func (c *Coordinator) shared(blob digest.Digest) bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.needs[blob] > 1
-}
+func (c *Coordinator) shared(blob digest.Digest) bool { return c.needs[blob] > 1 }
 
-// WaitEvent tells an observer that a pull waited for another pull's blob.
+// WaitEvent says that an image waited for another pull's blob, and how the
+// wait ended.
 type WaitEvent struct {
-	Blob  digest.Digest
-	Owner string  // the other pull's name
-	End   WaitEnd // "" when the wait starts
-	// Waited is how long the wait lasted (when End is set).
+	Blob   digest.Digest
+	Owner  string  // the other pull's name, or "another herd process"
+	End    WaitEnd // how the wait ended
 	Waited time.Duration
 }
 
-// Pull is one image's view of the run. Create it with NewPull, give
-// Store(...) to containers/image as that image's store, call LayerEnded for
-// every layer containers/image reports done or skipped, and Done when the
-// image's copy.Image returns.
-type Pull struct {
-	c    *Coordinator
-	ctx  context.Context
-	name string
-	// OnWait, if set, is called when a wait starts (End "") and when it
-	// ends, from the goroutine that waits.
-	OnWait func(WaitEvent)
-	// OnCommitStart, if set, is called with the blob digest of every layer
-	// this pull starts committing: its fetch is over (the pull engine's
-	// stall watchdog stops timing it).
-	OnCommitStart func(blob digest.Digest)
-	// OnCommit, if set, is called with the blob digest of every layer this
-	// pull commits and whether it was a partial pull.
-	OnCommit func(blob digest.Digest, partial bool)
-	// OnCommitError, if set, is called with every error of a layer's commit
-	// in this pull, as it happens: containers/image reports it only when all
-	// the image's other layers have ended.
-	OnCommitError func(blob digest.Digest, err error)
+// Hooks are how the coordinator tells the pull engine what happens to one
+// image's layers, from the goroutine where it happens. Any may be nil.
+type Hooks struct {
+	// WaitStarted: the image waits for owner's fetch of blob. containers/image
+	// holds the image's lock meanwhile, so none of its other layers can
+	// finish until WaitEnded.
+	WaitStarted func(blob digest.Digest, owner string)
+	WaitEnded   func(WaitEvent)
+	// CommitStarted: the blob's fetch is over and its layer's commit starts
+	// (the pull engine's stall watchdog stops timing the transfer).
+	CommitStarted func(blob digest.Digest)
+	// Committed: the image committed a layer made from blob; partial for a
+	// zstd:chunked partial pull.
+	Committed func(blob digest.Digest, partial bool)
+	// CommitFailed: a layer's commit failed, as it happens; containers/image
+	// reports it only once all the image's other layers have ended. blob is
+	// "" for the image record itself.
+	CommitFailed func(blob digest.Digest, err error)
+}
+
+// Image is one attempt of one image's pull, its part in the run. Create it
+// with Join, give Store(...) to containers/image as that image's store,
+// report every progress event of its copy.Image to Progress, and call Done
+// when the copy.Image returns.
+type Image struct {
+	c     *Coordinator
+	ctx   context.Context
+	name  string
+	hooks Hooks
 
 	// reusable reports whether a lookup of blob in the shared store finds a
 	// layer; set by Store (invariants 2 and 5).
@@ -289,24 +317,27 @@ type Pull struct {
 	looked   map[digest.Digest]bool    // layers decided by or for their own lookup (invariant 6)
 }
 
-// NewPull registers one image's pull. layers are the compressed digests of
-// the image's layer blobs, lowest first, as its manifest lists them; ctx
-// cancels its waits.
-func (c *Coordinator) NewPull(ctx context.Context, name string, layers []digest.Digest) *Pull {
-	return &Pull{
-		c: c, ctx: ctx, name: name, layers: layers,
+// Join starts an attempt of the plan's image number image; ctx cancels its
+// waits. Each attempt (a retry is a new copy.Image) joins anew.
+func (c *Coordinator) Join(ctx context.Context, image int, hooks Hooks) *Image {
+	planned := c.plan[image]
+	layers := make([]digest.Digest, len(planned.Layers))
+	for i, l := range planned.Layers {
+		layers[i] = l.Blob
+	}
+	return &Image{
+		c: c, ctx: ctx, name: planned.Name, hooks: hooks, layers: layers,
 		claims:   map[digest.Digest]*flight{},
 		waitEnds: map[digest.Digest]WaitEnd{},
 		looked:   map[digest.Digest]bool{},
 	}
 }
 
-// OneLayerAtATime reports whether the pull's image lists a layer blob more
-// than once, so that its copy.Image must copy one layer at a time
-// (invariant 7).
-func (p *Pull) OneLayerAtATime() bool {
+// OneLayerAtATime reports whether the image lists a layer blob more than
+// once, so that its copy.Image must copy one layer at a time (invariant 7).
+func (img *Image) OneLayerAtATime() bool {
 	seen := map[digest.Digest]bool{}
-	for _, l := range p.layers {
+	for _, l := range img.layers {
 		if seen[l] {
 			return true
 		}
@@ -318,16 +349,16 @@ func (p *Pull) OneLayerAtATime() bool {
 // lookingUp records that the pull's own lookup of blob has started, and
 // returns the layers below blob that this pull does not own a flight of,
 // lowest first (invariants 6 and 8).
-func (p *Pull) lookingUp(blob digest.Digest) []digest.Digest {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.looked[blob] = true
+func (img *Image) lookingUp(blob digest.Digest) []digest.Digest {
+	img.mu.Lock()
+	defer img.mu.Unlock()
+	img.looked[blob] = true
 	var below []digest.Digest
-	for _, l := range p.layers {
+	for _, l := range img.layers {
 		if l == blob {
 			return below
 		}
-		if p.claims[l] == nil {
+		if img.claims[l] == nil {
 			below = append(below, l)
 		}
 	}
@@ -335,83 +366,116 @@ func (p *Pull) lookingUp(blob digest.Digest) []digest.Digest {
 }
 
 // undecided reports whether no lookup of blob by this pull has started.
-func (p *Pull) undecided(blob digest.Digest) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return !p.looked[blob]
+func (img *Image) undecided(blob digest.Digest) bool {
+	img.mu.Lock()
+	defer img.mu.Unlock()
+	return !img.looked[blob]
 }
 
-// WaitEnded says how this pull's last wait for blob ended, "" if it never
-// waited for it.
-func (p *Pull) WaitEnded(blob digest.Digest) WaitEnd {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.waitEnds[blob]
-}
-
-// Waited reports whether this pull obtained blob by waiting for another
+// waited reports whether this image obtained blob by waiting for another
 // pull's fetch of it (and not by fetching it, or because the owner found it
 // in the store already).
-func (p *Pull) Waited(blob digest.Digest) bool {
-	switch p.WaitEnded(blob) {
+func (img *Image) waited(blob digest.Digest) bool {
+	img.mu.Lock()
+	defer img.mu.Unlock()
+	switch img.waitEnds[blob] {
 	case Committed, InStore:
 		return true
 	}
 	return false
 }
 
+// Obtained says how containers/image obtained a blob, as the progress event
+// that ends its transfer shows.
+type Obtained int
+
+const (
+	NotEnded Obtained = iota // the event ends no transfer
+	// Fetched: a "done" event; the blob was fetched whole, or for
+	// zstd:chunked partially (Hooks.Committed says which).
+	Fetched
+	// Reused: a "skipped" event; the store had the layer.
+	Reused
+	// Waited: a "skipped" event after the image waited for another pull's
+	// fetch of the blob, which put the layer in the store.
+	Waited
+)
+
+// Progress is how the pull engine reports each of containers/image's
+// progress events for this image, in the order they come; it says how the
+// event's blob was obtained if the event ends its transfer. The events end
+// flights (invariant 2): "skipped" one the owner turns out not to need
+// (OwnerReused), and "done" and "skipped" every flight whose layer a lookup
+// now finds (InStore). containers/image sends "skipped" events only when
+// copy.Options.ProgressInterval is set (copy/single.go): the pull engine
+// must set it.
+func (img *Image) Progress(pp types.ProgressProperties) Obtained {
+	switch pp.Event {
+	case types.ProgressEventDone:
+		img.layerEnded()
+		return Fetched
+	case types.ProgressEventSkipped:
+		img.reused(pp.Artifact.Digest)
+		img.layerEnded()
+		// A wait, if any, ended before containers/image reported the skip.
+		if img.waited(pp.Artifact.Digest) {
+			return Waited
+		}
+		return Reused
+	}
+	return NotEnded
+}
+
 // Done ends every flight the pull still owns (invariant 2, OwnerFailed).
 // Call it exactly once, after copy.Image returns, whatever it returned.
-func (p *Pull) Done() {
-	p.c.mu.Lock()
-	defer p.c.mu.Unlock()
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for blob, f := range p.claims {
-		p.c.endFlightLocked(blob, f, OwnerFailed)
+func (img *Image) Done() {
+	img.c.mu.Lock()
+	defer img.c.mu.Unlock()
+	img.mu.Lock()
+	defer img.mu.Unlock()
+	for blob, f := range img.claims {
+		img.c.endFlightLocked(blob, f, OwnerFailed)
 	}
-	p.claims = map[digest.Digest]*flight{}
+	img.claims = map[digest.Digest]*flight{}
 }
 
-// Reused ends this pull's flight for blob, if it has one, because the pull
-// found the layer in the store after claiming it. The pull engine calls it
-// when containers/image reports the blob as skipped, which it does only
-// after its reuse check succeeded.
-func (p *Pull) Reused(blob digest.Digest) {
-	p.c.mu.Lock()
-	defer p.c.mu.Unlock()
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if f := p.claims[blob]; f != nil {
-		delete(p.claims, blob)
-		p.c.endFlightLocked(blob, f, OwnerReused)
+// reused ends this image's flight for blob, if it has one, because it found
+// the layer in the store after claiming it: containers/image reports a blob
+// as skipped only after its reuse check succeeded.
+func (img *Image) reused(blob digest.Digest) {
+	img.c.mu.Lock()
+	defer img.c.mu.Unlock()
+	img.mu.Lock()
+	defer img.mu.Unlock()
+	if f := img.claims[blob]; f != nil {
+		delete(img.claims, blob)
+		img.c.endFlightLocked(blob, f, OwnerReused)
 	}
 }
 
-// LayerEnded ends each flight this pull owns whose layer a lookup now finds
-// in the store (invariant 2, InStore). The pull engine calls it after every
-// "done" or "skipped" event of this pull: containers/image commits layers
-// only inside the calls that precede those events, sometimes without
-// PutLayer.
-func (p *Pull) LayerEnded() {
-	p.mu.Lock()
+// layerEnded ends each flight this image owns whose layer a lookup now finds
+// in the store (invariant 2, InStore). Progress calls it after every "done"
+// or "skipped" event: containers/image commits layers only inside the calls
+// that precede those events, sometimes without PutLayer.
+func (img *Image) layerEnded() {
+	img.mu.Lock()
 	var blobs []digest.Digest
-	for blob := range p.claims {
+	for blob := range img.claims {
 		blobs = append(blobs, blob)
 	}
-	p.mu.Unlock()
+	img.mu.Unlock()
 	for _, blob := range blobs {
-		if p.reusable == nil || !p.reusable(blob) { // store lookups, outside the locks
+		if img.reusable == nil || !img.reusable(blob) { // store lookups, outside the locks
 			continue
 		}
-		p.c.mu.Lock()
-		p.mu.Lock()
-		if f := p.claims[blob]; f != nil {
-			delete(p.claims, blob)
-			p.c.endFlightLocked(blob, f, InStore)
+		img.c.mu.Lock()
+		img.mu.Lock()
+		if f := img.claims[blob]; f != nil {
+			delete(img.claims, blob)
+			img.c.endFlightLocked(blob, f, InStore)
 		}
-		p.mu.Unlock()
-		p.c.mu.Unlock()
+		img.mu.Unlock()
+		img.c.mu.Unlock()
 	}
 }
 
@@ -444,18 +508,6 @@ func (c *Coordinator) committed(blob digest.Digest) {
 	}
 }
 
-func (c *Coordinator) blobForTOC(toc digest.Digest) digest.Digest {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.tocToBlob[toc]
-}
-
-func (c *Coordinator) tocForBlob(blob digest.Digest) digest.Digest {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.blobToTOC[blob]
-}
-
 // decision is what a pull does about a blob its lookup did not find.
 type decision int
 
@@ -470,8 +522,8 @@ const (
 // this pull owns no flight of, lowest first; shared says whether other
 // images of the run need blob (if not, it waits for no other pull of this
 // process below it: invariant 6).
-func (p *Pull) claimOrWait(blob digest.Digest, below []digest.Digest, shared bool) decision {
-	c := p.c
+func (img *Image) claimOrWait(blob digest.Digest, below []digest.Digest, shared bool) decision {
+	c := img.c
 	// While other herd processes pull into the store, a blob only this
 	// image needs is decided after the layers below it as well (8).
 	others := c.locks.othersActive()
@@ -481,11 +533,11 @@ func (p *Pull) claimOrWait(blob digest.Digest, below []digest.Digest, shared boo
 		// invariant 8 also those whose lookup is under way (it may be
 		// waiting for a lower layer), since no flight below this claim may
 		// belong to another process.
-		undecided := p.undecided(b)
+		undecided := img.undecided(b)
 		f := c.flights[b]
 		switch {
 		case f == nil && undecided && (shared || others):
-			if c.claimLocked(p, b) {
+			if c.claimLocked(img, b) {
 				continue
 			}
 			f = c.flights[b] // another process's
@@ -494,14 +546,14 @@ func (p *Pull) claimOrWait(blob digest.Digest, below []digest.Digest, shared boo
 			// pull wait for itself, through that lookup's wait or another
 			// pull's wait for the claim. Only another process's flight
 			// matters (8).
-			if f = c.otherProcessFlightLocked(p, b); f == nil {
+			if f = c.otherProcessFlightLocked(img, b); f == nil {
 				continue
 			}
 		}
-		if (f.owner == nil || undecided && shared || others) && c.mayWaitLocked(p, b, f) {
+		if (f.owner == nil || undecided && shared || others) && c.mayWaitLocked(img, b, f) {
 			// Another pull, or process, fetches a lower layer: let it commit
 			// that first, then decide again from the start (c.mu is released).
-			if p.wait(b, f) == Cancelled {
+			if img.wait(b, f) == Cancelled {
 				return fetchIt // containers/image fails on the cancelled context
 			}
 			return claimAgain
@@ -510,18 +562,18 @@ func (p *Pull) claimOrWait(blob digest.Digest, below []digest.Digest, shared boo
 		// waits for, or waiting would close a cycle: its own lookup decides.
 	}
 	f := c.flights[blob]
-	if f == nil && c.claimLocked(p, blob) {
+	if f == nil && c.claimLocked(img, blob) {
 		c.mu.Unlock()
 		return fetchIt
 	}
-	if f = c.flights[blob]; !c.mayWaitLocked(p, blob, f) {
-		if f.owner != p {
-			logrus.Debugf("%s: fetching %s although %s is fetching it: waiting could close a cycle (invariants 3, 8)", p.name, blob, f.ownerName())
+	if f = c.flights[blob]; !c.mayWaitLocked(img, blob, f) {
+		if f.owner != img {
+			logrus.Debugf("%s: fetching %s although %s is fetching it: waiting could close a cycle (invariants 3, 8)", img.name, blob, f.ownerName())
 		}
 		c.mu.Unlock()
 		return fetchIt
 	}
-	switch p.wait(blob, f) {
+	switch img.wait(blob, f) {
 	case Committed, OwnerReused, InStore:
 		return lookAgain
 	case OwnerFailed:
@@ -531,42 +583,42 @@ func (p *Pull) claimOrWait(blob digest.Digest, below []digest.Digest, shared boo
 	}
 }
 
-// claimLocked starts a flight of blob owned by p, with the blob's lock
+// claimLocked starts a flight of blob owned by img, with the blob's lock
 // (invariant 8), and reports whether it did. If another process holds the
 // lock it starts a flight owned by that process instead, which ends when
 // the lock is free. c.mu must be held.
-func (c *Coordinator) claimLocked(p *Pull, blob digest.Digest) bool {
+func (c *Coordinator) claimLocked(img *Image, blob digest.Digest) bool {
 	release := c.locks.tryLock(blob)
 	if release == nil {
-		c.startOtherProcessFlightLocked(p, blob)
+		c.startOtherProcessFlightLocked(img, blob)
 		return false
 	}
-	f := &flight{owner: p, done: make(chan struct{}), release: release}
+	f := &flight{owner: img, done: make(chan struct{}), release: release}
 	c.flights[blob] = f
-	p.mu.Lock()
-	p.claims[blob] = f
-	p.looked[blob] = true
-	p.mu.Unlock()
+	img.mu.Lock()
+	img.claims[blob] = f
+	img.looked[blob] = true
+	img.mu.Unlock()
 	return true
 }
 
 // otherProcessFlightLocked returns a flight of blob owned by another
 // process if one holds its lock, or nil. c.mu must be held, and blob must
 // have no flight.
-func (c *Coordinator) otherProcessFlightLocked(p *Pull, blob digest.Digest) *flight {
+func (c *Coordinator) otherProcessFlightLocked(img *Image, blob digest.Digest) *flight {
 	if release := c.locks.tryLock(blob); release != nil {
 		release() // a probe: whoever claims it takes it again
 		return nil
 	}
-	return c.startOtherProcessFlightLocked(p, blob)
+	return c.startOtherProcessFlightLocked(img, blob)
 }
 
 // startOtherProcessFlightLocked starts a flight of blob owned by another
 // process, watched until its lock is free. c.mu must be held.
-func (c *Coordinator) startOtherProcessFlightLocked(p *Pull, blob digest.Digest) *flight {
+func (c *Coordinator) startOtherProcessFlightLocked(img *Image, blob digest.Digest) *flight {
 	f := &flight{done: make(chan struct{})}
 	c.flights[blob] = f
-	go c.watchOtherProcess(blob, f, p.reusable)
+	go c.watchOtherProcess(blob, f, img.reusable)
 	return f
 }
 
@@ -606,28 +658,28 @@ func (c *Coordinator) watchOtherProcess(blob digest.Digest, f *flight, reusable 
 	}
 }
 
-// mayWaitLocked reports whether p may wait for f, the flight of blob:
+// mayWaitLocked reports whether img may wait for f, the flight of blob:
 // someone else owns it and waiting closes no cycle (invariants 3 and 8).
 // c.mu must be held.
-func (c *Coordinator) mayWaitLocked(p *Pull, blob digest.Digest, f *flight) bool {
+func (c *Coordinator) mayWaitLocked(img *Image, blob digest.Digest, f *flight) bool {
 	switch {
-	case f.owner == p:
+	case f.owner == img:
 		return false
 	case f.owner == nil:
-		return !p.claimsAbove(blob)
+		return !img.claimsAbove(blob)
 	default:
-		return !c.reachesLocked(f.owner, p)
+		return !c.reachesLocked(f.owner, img)
 	}
 }
 
-// claimsAbove reports whether p owns a flight of a layer above blob in its
+// claimsAbove reports whether img owns a flight of a layer above blob in its
 // image.
-func (p *Pull) claimsAbove(blob digest.Digest) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
+func (img *Image) claimsAbove(blob digest.Digest) bool {
+	img.mu.Lock()
+	defer img.mu.Unlock()
 	above := false
-	for _, l := range p.layers {
-		if above && p.claims[l] != nil {
+	for _, l := range img.layers {
+		if above && img.claims[l] != nil {
 			return true
 		}
 		above = above || l == blob
@@ -637,54 +689,54 @@ func (p *Pull) claimsAbove(blob digest.Digest) bool {
 
 // wait waits for f, another pull's flight of blob, and says how the wait
 // ended. It is called with c.mu held, and releases it.
-func (p *Pull) wait(blob digest.Digest, f *flight) WaitEnd {
-	c := p.c
-	c.addWaitLocked(p, f.owner, +1)
+func (img *Image) wait(blob digest.Digest, f *flight) WaitEnd {
+	c := img.c
+	c.addWaitLocked(img, f.owner, +1)
 	c.mu.Unlock()
 
 	start := time.Now()
-	if p.OnWait != nil {
-		p.OnWait(WaitEvent{Blob: blob, Owner: f.ownerName()})
+	if img.hooks.WaitStarted != nil {
+		img.hooks.WaitStarted(blob, f.ownerName())
 	}
-	end := p.await(blob, f)
+	end := img.await(blob, f)
 	c.mu.Lock()
-	c.addWaitLocked(p, f.owner, -1)
+	c.addWaitLocked(img, f.owner, -1)
 	c.mu.Unlock()
-	p.mu.Lock()
-	p.waitEnds[blob] = end
-	p.mu.Unlock()
-	if p.OnWait != nil {
-		p.OnWait(WaitEvent{Blob: blob, Owner: f.ownerName(), End: end, Waited: time.Since(start)})
+	img.mu.Lock()
+	img.waitEnds[blob] = end
+	img.mu.Unlock()
+	if img.hooks.WaitEnded != nil {
+		img.hooks.WaitEnded(WaitEvent{Blob: blob, Owner: f.ownerName(), End: end, Waited: time.Since(start)})
 	}
 	return end
 }
 
 // await blocks until f ends, the pull is cancelled, or the store has the
 // layer (invariant 5).
-func (p *Pull) await(blob digest.Digest, f *flight) WaitEnd {
+func (img *Image) await(blob digest.Digest, f *flight) WaitEnd {
 	tick := time.NewTicker(storePollInterval)
 	defer tick.Stop()
 	for {
 		select {
 		case <-f.done:
 			return f.end
-		case <-p.ctx.Done():
+		case <-img.ctx.Done():
 			return Cancelled
 		case <-tick.C:
-			if p.reusable != nil && p.reusable(blob) {
+			if img.reusable != nil && img.reusable(blob) {
 				return InStore
 			}
 		}
 	}
 }
 
-func (c *Coordinator) addWaitLocked(waiter, owner *Pull, delta int) {
+func (c *Coordinator) addWaitLocked(waiter, owner *Image, delta int) {
 	if owner == nil {
 		return // another process: it waits for nothing of ours (invariant 8)
 	}
 	m := c.waitsFor[waiter]
 	if m == nil {
-		m = map[*Pull]int{}
+		m = map[*Image]int{}
 		c.waitsFor[waiter] = m
 	}
 	m[owner] += delta
@@ -698,20 +750,20 @@ func (c *Coordinator) addWaitLocked(waiter, owner *Pull, delta int) {
 
 // reachesLocked reports whether from already waits, directly or through
 // other pulls, for to. c.mu must be held.
-func (c *Coordinator) reachesLocked(from, to *Pull) bool {
-	seen := map[*Pull]bool{}
-	stack := []*Pull{from}
+func (c *Coordinator) reachesLocked(from, to *Image) bool {
+	seen := map[*Image]bool{}
+	stack := []*Image{from}
 	for len(stack) > 0 {
-		p := stack[len(stack)-1]
+		img := stack[len(stack)-1]
 		stack = stack[:len(stack)-1]
-		if p == to {
+		if img == to {
 			return true
 		}
-		if seen[p] {
+		if seen[img] {
 			continue
 		}
-		seen[p] = true
-		for q := range c.waitsFor[p] {
+		seen[img] = true
+		for q := range c.waitsFor[img] {
 			stack = append(stack, q)
 		}
 	}

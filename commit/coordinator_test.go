@@ -7,6 +7,7 @@ import (
 	"time"
 
 	digest "github.com/opencontainers/go-digest"
+	"go.podman.io/image/v5/types"
 )
 
 // These tests drive the coordinator's decisions directly, in orders that the
@@ -19,13 +20,37 @@ var (
 )
 
 // waitFor runs claimOrWait in a goroutine and returns its decision channel.
-func waitFor(p *Pull, blob digest.Digest) <-chan decision {
+func waitFor(p *Image, blob digest.Digest) <-chan decision {
 	out := make(chan decision, 1)
 	go func() { out <- p.claimOrWait(blob, nil, true) }()
 	return out
 }
 
-func waiting(c *Coordinator, waiter *Pull) bool {
+// twoImages returns the coordinator of a run of two images, a and b, that
+// both have layers, and the first attempt of each.
+func twoImages(layers []Layer) (c *Coordinator, a, b *Image) {
+	c = NewCoordinator(Plan{{Name: "a", Layers: layers}, {Name: "b", Layers: layers}}, nil, nil)
+	return c, c.Join(context.Background(), 0, Hooks{}), c.Join(context.Background(), 1, Hooks{})
+}
+
+// done and skipped are containers/image's progress events that end blob's
+// transfer.
+func done(blob digest.Digest) types.ProgressProperties {
+	return types.ProgressProperties{Event: types.ProgressEventDone, Artifact: types.BlobInfo{Digest: blob}}
+}
+
+func skipped(blob digest.Digest) types.ProgressProperties {
+	return types.ProgressProperties{Event: types.ProgressEventSkipped, Artifact: types.BlobInfo{Digest: blob}}
+}
+
+// waitEnd says how img's last wait for blob ended.
+func waitEnd(img *Image, blob digest.Digest) WaitEnd {
+	img.mu.Lock()
+	defer img.mu.Unlock()
+	return img.waitEnds[blob]
+}
+
+func waiting(c *Coordinator, waiter *Image) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return len(c.waitsFor[waiter]) > 0
@@ -43,8 +68,7 @@ func eventually(t *testing.T, what string, cond func() bool) {
 }
 
 func TestFirstMissClaimsOthersWaitUntilCommitted(t *testing.T) {
-	c := NewCoordinator(nil, nil)
-	a, b := c.NewPull(context.Background(), "a", nil), c.NewPull(context.Background(), "b", nil)
+	c, a, b := twoImages(nil)
 	if d := a.claimOrWait(blobX, nil, true); d != fetchIt {
 		t.Fatalf("first miss: %v, want fetchIt (claim)", d)
 	}
@@ -57,14 +81,13 @@ func TestFirstMissClaimsOthersWaitUntilCommitted(t *testing.T) {
 	if d := <-got; d != lookAgain {
 		t.Fatalf("after commit: %v, want lookAgain", d)
 	}
-	if !b.Waited(blobX) {
+	if !b.waited(blobX) {
 		t.Error("b does not report that it waited for the blob")
 	}
 }
 
 func TestOwnerGivingUpHandsTheBlobOver(t *testing.T) {
-	c := NewCoordinator(nil, nil)
-	a, b := c.NewPull(context.Background(), "a", nil), c.NewPull(context.Background(), "b", nil)
+	c, a, b := twoImages(nil)
 	a.claimOrWait(blobX, nil, true)
 	got := waitFor(b, blobX)
 	eventually(t, "b waits", func() bool { return waiting(c, b) })
@@ -72,7 +95,7 @@ func TestOwnerGivingUpHandsTheBlobOver(t *testing.T) {
 	if d := <-got; d != claimAgain {
 		t.Fatalf("after the owner gave up: %v, want claimAgain", d)
 	}
-	if end := b.WaitEnded(blobX); end != OwnerFailed {
+	if end := waitEnd(b, blobX); end != OwnerFailed {
 		t.Errorf("wait ended %q, want %q", end, OwnerFailed)
 	}
 	if d := b.claimOrWait(blobX, nil, true); d != fetchIt {
@@ -87,18 +110,17 @@ func TestOwnerGivingUpHandsTheBlobOver(t *testing.T) {
 }
 
 func TestOwnerReusingEndsItsClaim(t *testing.T) {
-	c := NewCoordinator(nil, nil)
-	a, b := c.NewPull(context.Background(), "a", nil), c.NewPull(context.Background(), "b", nil)
+	c, a, b := twoImages(nil)
 	a.claimOrWait(blobX, nil, true)
 	got := waitFor(b, blobX)
 	eventually(t, "b waits", func() bool { return waiting(c, b) })
-	a.Reused(blobX)
+	a.Progress(skipped(blobX))
 	if d := <-got; d != lookAgain {
 		t.Fatalf("after the owner reused the blob: %v, want lookAgain", d)
 	}
 	// The layer was in the store all along (under another digest): b reuses
 	// it too, and obtained nothing by waiting.
-	if b.Waited(blobX) {
+	if b.waited(blobX) {
 		t.Error("b reports it obtained by waiting a layer the store already had")
 	}
 }
@@ -106,8 +128,7 @@ func TestOwnerReusingEndsItsClaim(t *testing.T) {
 // Two pulls that each own what the other wants: the second wait would close
 // a cycle, so it is refused and that pull fetches the blob itself.
 func TestWaitThatWouldCloseACycleIsRefused(t *testing.T) {
-	c := NewCoordinator(nil, nil)
-	a, b := c.NewPull(context.Background(), "a", nil), c.NewPull(context.Background(), "b", nil)
+	c, a, b := twoImages(nil)
 	a.claimOrWait(blobX, nil, true)
 	b.claimOrWait(blobY, nil, true)
 	aWaits := waitFor(a, blobY)
@@ -130,9 +151,9 @@ func TestWaitThatWouldCloseACycleIsRefused(t *testing.T) {
 
 // A longer cycle, through a third pull.
 func TestCycleThroughAThirdPullIsRefused(t *testing.T) {
-	c := NewCoordinator(nil, nil)
+	c := NewCoordinator(Plan{{Name: "a"}, {Name: "b"}, {Name: "z"}}, nil, nil)
 	blobZ := digest.FromString("z")
-	a, b, z := c.NewPull(context.Background(), "a", nil), c.NewPull(context.Background(), "b", nil), c.NewPull(context.Background(), "z", nil)
+	a, b, z := c.Join(context.Background(), 0, Hooks{}), c.Join(context.Background(), 1, Hooks{}), c.Join(context.Background(), 2, Hooks{})
 	a.claimOrWait(blobX, nil, true)
 	b.claimOrWait(blobY, nil, true)
 	z.claimOrWait(blobZ, nil, true)
@@ -154,36 +175,35 @@ func TestCycleThroughAThirdPullIsRefused(t *testing.T) {
 // "done" or "skipped" event, not by any clock: the waiter's own store poll
 // is disabled here.
 func TestLayerEndedEndsFlightWhenTheStoreHasTheLayer(t *testing.T) {
-	c := NewCoordinator(nil, nil)
-	a, b := c.NewPull(context.Background(), "a", nil), c.NewPull(context.Background(), "b", nil)
+	c, a, b := twoImages(nil)
 	var present atomic.Bool
 	a.reusable = func(blob digest.Digest) bool { return blob == blobX && present.Load() }
 	a.claimOrWait(blobX, nil, true)
 	got := waitFor(b, blobX)
 	eventually(t, "b waits", func() bool { return waiting(c, b) })
-	a.LayerEnded() // an event while the layer is not there yet: the flight goes on
+	a.Progress(done(blobY)) // an event while the layer is not there yet: the flight goes on
 	select {
 	case d := <-got:
 		t.Fatalf("the wait ended (%v) though the store does not have the layer", d)
 	case <-time.After(50 * time.Millisecond):
 	}
 	present.Store(true)
-	a.LayerEnded()
+	a.Progress(done(blobY))
 	if d := <-got; d != lookAgain {
 		t.Fatalf("after the owner's layer ended with the layer in the store: %v, want lookAgain", d)
 	}
-	if end := b.WaitEnded(blobX); end != InStore {
+	if end := waitEnd(b, blobX); end != InStore {
 		t.Errorf("wait ended %q, want %q", end, InStore)
 	}
-	if !b.Waited(blobX) {
+	if !b.waited(blobX) {
 		t.Error("b does not report that it obtained the blob by waiting")
 	}
 }
 
 func TestWaitsEndOnCancellation(t *testing.T) {
-	c := NewCoordinator(nil, nil)
+	c, a, _ := twoImages(nil)
 	ctx, cancel := context.WithCancel(context.Background())
-	a, b := c.NewPull(context.Background(), "a", nil), c.NewPull(ctx, "b", nil)
+	b := c.Join(ctx, 1, Hooks{})
 	a.claimOrWait(blobX, nil, true)
 	got := waitFor(b, blobX)
 	eventually(t, "b waits", func() bool { return waiting(c, b) })
@@ -201,12 +221,45 @@ func TestWaitsEndOnCancellation(t *testing.T) {
 	}
 }
 
-func TestLinkTOCLinksBothWays(t *testing.T) {
-	c := NewCoordinator(nil, nil)
+// The plan links each zstd:chunked blob with its TOC digest both ways, and
+// counts each image once per blob it needs, however often it lists it.
+func TestPlanLinksTOCsAndCountsNeeds(t *testing.T) {
 	toc := digest.FromString("toc")
-	c.LinkTOC(toc, blobX)
-	if c.blobForTOC(toc) != blobX || c.tocForBlob(blobX) != toc {
-		t.Fatal("LinkTOC does not link both ways")
+	c := NewCoordinator(Plan{
+		{Name: "a", Layers: []Layer{{Blob: blobX, TOC: toc}, {Blob: blobY}, {Blob: blobX, TOC: toc}}},
+		{Name: "b", Layers: []Layer{{Blob: blobY}}},
+		{Name: "unresolved"},
+	}, nil, nil)
+	if c.tocToBlob[toc] != blobX || c.blobToTOC[blobX] != toc {
+		t.Error("the plan's TOC digest is not linked both ways with its blob")
+	}
+	if c.shared(blobX) {
+		t.Error("a blob one image lists twice counts as shared")
+	}
+	if !c.shared(blobY) {
+		t.Error("a blob two images need does not count as shared")
+	}
+}
+
+// Progress says how each event's blob was obtained.
+func TestProgressSaysHowABlobWasObtained(t *testing.T) {
+	c, a, b := twoImages(nil)
+	if got := a.Progress(types.ProgressProperties{Event: types.ProgressEventRead, Artifact: types.BlobInfo{Digest: blobX}}); got != NotEnded {
+		t.Errorf("a read event: %v, want NotEnded", got)
+	}
+	if got := a.Progress(done(blobX)); got != Fetched {
+		t.Errorf("a done event: %v, want Fetched", got)
+	}
+	if got := a.Progress(skipped(blobY)); got != Reused {
+		t.Errorf("a skipped event without a wait: %v, want Reused", got)
+	}
+	a.claimOrWait(blobX, nil, true)
+	got := waitFor(b, blobX)
+	eventually(t, "b waits", func() bool { return waiting(c, b) })
+	c.committed(blobX)
+	<-got
+	if got := b.Progress(skipped(blobX)); got != Waited {
+		t.Errorf("a skipped event after a wait that a commit ended: %v, want Waited", got)
 	}
 }
 
@@ -215,9 +268,7 @@ func TestLinkTOCLinksBothWays(t *testing.T) {
 // as well, so that a, which wants X, waits for b instead of claiming X and
 // later wanting Y from b while b waits for a's X.
 func TestUpperLookupClaimsUnlookedLowerLayers(t *testing.T) {
-	c := NewCoordinator(nil, nil)
-	layers := []digest.Digest{blobX, blobY}
-	a, b := c.NewPull(context.Background(), "a", layers), c.NewPull(context.Background(), "b", layers)
+	c, a, b := twoImages([]Layer{{Blob: blobX}, {Blob: blobY}})
 	if d := b.claimOrWait(blobY, b.lookingUp(blobY), true); d != fetchIt {
 		t.Fatalf("b's upper lookup: %v, want fetchIt", d)
 	}
@@ -242,9 +293,7 @@ func TestUpperLookupClaimsUnlookedLowerLayers(t *testing.T) {
 // layer, the upper lookup waits for it instead of claiming the upper layer,
 // then decides again.
 func TestUpperLookupWaitsForLowerLayerInFlight(t *testing.T) {
-	c := NewCoordinator(nil, nil)
-	layers := []digest.Digest{blobX, blobY}
-	a, b := c.NewPull(context.Background(), "a", layers), c.NewPull(context.Background(), "b", layers)
+	c, a, b := twoImages([]Layer{{Blob: blobX}, {Blob: blobY}})
 	a.claimOrWait(blobX, a.lookingUp(blobX), true)
 	below := b.lookingUp(blobY)
 	got := make(chan decision, 1)
@@ -260,7 +309,7 @@ func TestUpperLookupWaitsForLowerLayerInFlight(t *testing.T) {
 	if d := <-got; d != claimAgain {
 		t.Fatalf("b after a committed X: %v, want claimAgain (decide again)", d)
 	}
-	if !b.Waited(blobX) {
+	if !b.waited(blobX) {
 		t.Error("b does not report that it obtained X by waiting")
 	}
 	// X is in the store now, so the Store passes no layers below Y.

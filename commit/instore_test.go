@@ -1,7 +1,6 @@
 package commit
 
 import (
-	"context"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -14,8 +13,7 @@ import (
 // owner's containers/image reused it by chain ID without a PutLayer
 // (invariant 5). Without this, the owner may need a slot the waiters hold.
 func TestWaitEndsWhenAnotherProcessCommits(t *testing.T) {
-	c := NewCoordinator(nil, nil)
-	a, b := c.NewPull(context.Background(), "a", nil), c.NewPull(context.Background(), "b", nil)
+	c, a, b := twoImages(nil)
 	var present atomic.Bool
 	b.reusable = func(blob digest.Digest) bool { return blob == blobX && present.Load() }
 	a.claimOrWait(blobX, nil, true)
@@ -30,7 +28,7 @@ func TestWaitEndsWhenAnotherProcessCommits(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the wait did not end when the layer appeared in the store")
 	}
-	if !b.Waited(blobX) {
+	if !b.waited(blobX) {
 		t.Error("b does not report that it obtained the blob by waiting")
 	}
 }

@@ -11,36 +11,46 @@ import (
 // Two coordinators on one lock directory stand for two herd processes on
 // one store: flock(2) locks of two open files conflict within one process
 // as they do across processes.
-func twoProcesses(t *testing.T) (*Coordinator, *Coordinator) {
+// twoProcesses returns the coordinators of two runs on one store, as two
+// herd processes have them, pulling plan1 and plan2.
+func twoProcesses(t *testing.T, plan1, plan2 Plan) (*Coordinator, *Coordinator) {
 	t.Helper()
 	dir := t.TempDir()
-	open := func() *Coordinator {
+	open := func(plan Plan) *Coordinator {
 		l, err := OpenBlobLocks(dir)
 		if err != nil {
 			t.Fatal(err)
 		}
-		c := NewCoordinator(nil, l)
+		c := NewCoordinator(plan, nil, l)
 		t.Cleanup(c.Close)
 		return c
 	}
-	return open(), open()
+	return open(plan1), open(plan2)
 }
 
-// onWaits records the pull's wait events on a channel.
-func onWaits(p *Pull) <-chan WaitEvent {
+// joinWatched joins image of c with hooks that record its wait events on
+// the channel returned: a start as an event with no End.
+func joinWatched(c *Coordinator, image int) (*Image, <-chan WaitEvent) {
 	events := make(chan WaitEvent, 16)
-	p.OnWait = func(e WaitEvent) { events <- e }
-	return events
+	img := c.Join(context.Background(), image, Hooks{
+		WaitStarted: func(blob digest.Digest, owner string) { events <- WaitEvent{Blob: blob, Owner: owner} },
+		WaitEnded:   func(e WaitEvent) { events <- e },
+	})
+	return img, events
 }
+
+var (
+	justX   = Plan{{Name: "x", Layers: []Layer{{Blob: blobX}}}}
+	xUnderY = Plan{{Name: "x-under-y", Layers: []Layer{{Blob: blobX}, {Blob: blobY}}}}
+)
 
 func TestOtherProcessOwnsTheBlobUntilItsLockIsFree(t *testing.T) {
-	c1, c2 := twoProcesses(t)
-	a := c1.NewPull(context.Background(), "a", []digest.Digest{blobX})
-	b := c2.NewPull(context.Background(), "b", []digest.Digest{blobX})
+	c1, c2 := twoProcesses(t, justX, justX)
+	a := c1.Join(context.Background(), 0, Hooks{})
+	b, events := joinWatched(c2, 0)
 	if d := a.claimOrWait(blobX, nil, true); d != fetchIt {
 		t.Fatalf("first process, first miss: %v, want fetchIt (claim)", d)
 	}
-	events := onWaits(b)
 	got := waitFor(b, blobX)
 	if e := <-events; e.End != "" || e.Owner != "another herd process" {
 		t.Fatalf("second process: wait event %+v, want a wait for another herd process", e)
@@ -66,8 +76,7 @@ func TestOtherProcessOwnsTheBlobUntilItsLockIsFree(t *testing.T) {
 	if d := b.claimOrWait(blobX, nil, true); d != fetchIt {
 		t.Fatalf("second process after the handover: %v, want fetchIt (claim)", d)
 	}
-	a2 := c1.NewPull(context.Background(), "a2", []digest.Digest{blobX})
-	events = onWaits(a2)
+	a2, events := joinWatched(c1, 0) // the first process's next attempt
 	got = waitFor(a2, blobX)
 	<-events // a2 waits for the second process
 	b.Done() // the second process dies without the layer
@@ -79,10 +88,10 @@ func TestOtherProcessOwnsTheBlobUntilItsLockIsFree(t *testing.T) {
 // Invariant 8: a pull that owns a layer above one another process fetches
 // does not wait for it (that could close a cycle across processes).
 func TestNoWaitForAnotherProcessBelowOwnClaim(t *testing.T) {
-	c1, c2 := twoProcesses(t)
-	other := c1.NewPull(context.Background(), "other", []digest.Digest{blobX})
+	c1, c2 := twoProcesses(t, justX, xUnderY)
+	other := c1.Join(context.Background(), 0, Hooks{})
 	other.claimOrWait(blobX, nil, true)
-	p := c2.NewPull(context.Background(), "p", []digest.Digest{blobX, blobY})
+	p := c2.Join(context.Background(), 0, Hooks{})
 	if d := p.claimOrWait(blobY, nil, true); d != fetchIt { // its lookup of X has not started: Y is claimed
 		t.Fatalf("claiming the upper layer: %v, want fetchIt", d)
 	}
@@ -95,10 +104,10 @@ func TestNoWaitForAnotherProcessBelowOwnClaim(t *testing.T) {
 // the lower layer's own lookup is under way and the upper one is the
 // image's own: the upper layer's lookup waits for the lower layer first.
 func TestNoClaimAboveAnotherProcessFlight(t *testing.T) {
-	c1, c2 := twoProcesses(t)
-	other := c1.NewPull(context.Background(), "other", []digest.Digest{blobX})
+	c1, c2 := twoProcesses(t, justX, xUnderY)
+	other := c1.Join(context.Background(), 0, Hooks{})
 	other.claimOrWait(blobX, nil, true)
-	p := c2.NewPull(context.Background(), "p", []digest.Digest{blobX, blobY})
+	p := c2.Join(context.Background(), 0, Hooks{})
 	lower := make(chan decision, 1)
 	go func() { lower <- p.claimOrWait(blobX, p.lookingUp(blobX), true) }() // waits for the other process
 	eventually(t, "the lower layer waits", func() bool {

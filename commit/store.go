@@ -9,27 +9,27 @@ import (
 	"go.podman.io/storage"
 )
 
-// Store is one pull's view of the shared store: every call goes to the
+// Store is one image's view of the shared store: every call goes to the
 // shared store, and the three calls below also talk to the Coordinator.
 //
 // It must stay a pointer type: containers/storage's pkg/chunked keeps a
 // cache keyed on the store value it is given, and compares it with ==.
 type Store struct {
 	storage.Store
-	pull *Pull
+	image *Image
 }
 
-// Store returns the decorator to hand to containers/image for this pull.
-func (p *Pull) Store(shared storage.Store) *Store {
-	s := &Store{Store: shared, pull: p}
-	p.reusable = s.reusable
+// Store returns the decorator to hand to containers/image for this image.
+func (img *Image) Store(shared storage.Store) *Store {
+	s := &Store{Store: shared, image: img}
+	img.reusable = s.reusable
 	return s
 }
 
 // LayersByCompressedDigest is where a pull that misses a blob another pull
 // is fetching waits for it; see the package comment.
 func (s *Store) LayersByCompressedDigest(d digest.Digest) ([]storage.Layer, error) {
-	below := s.pull.lookingUp(d)
+	below := s.image.lookingUp(d)
 	for {
 		layers, err := s.Store.LayersByCompressedDigest(d)
 		if len(layers) > 0 || (err != nil && !errors.Is(err, storage.ErrLayerUnknown)) {
@@ -48,7 +48,7 @@ func (s *Store) LayersByCompressedDigest(d digest.Digest) ([]storage.Layer, erro
 				missing = append(missing, b)
 			}
 		}
-		switch s.pull.claimOrWait(d, missing, s.pull.c.shared(d)) {
+		switch s.image.claimOrWait(d, missing, s.image.c.shared(d)) {
 		case lookAgain:
 			// A partial pull's layer has no compressed digest, so this may
 			// still miss; containers/image then finds it by TOC or DiffID.
@@ -74,11 +74,11 @@ func (s *Store) reusable(blob digest.Digest) bool {
 // reusableUnderOtherDigest is reusable without the lookup by blob's own
 // compressed digest, for callers that have just made it.
 func (s *Store) reusableUnderOtherDigest(blob digest.Digest) bool {
-	toc := s.pull.c.tocForBlob(blob)
+	toc := s.image.c.blobToTOC[blob]
 	if toc != "" && hasLayers(s.Store.LayersByTOCDigest(toc)) {
 		return true
 	}
-	if cache := s.pull.c.diffIDs; cache != nil {
+	if cache := s.image.c.diffIDs; cache != nil {
 		if diffID := cache.UncompressedDigest(blob); diffID != "" && diffID != blob && hasLayers(s.Store.LayersByUncompressedDigest(diffID)) {
 			return true
 		}
@@ -97,8 +97,8 @@ func hasLayers(layers []storage.Layer, err error) bool { return err == nil && le
 // flight of the blob it was made from. The layer's tar is checked on the
 // way in (tarcheck.go): an unsafe one is refused and never committed.
 func (s *Store) PutLayer(id, parent string, names []string, mountLabel string, writeable bool, options *storage.LayerOptions, diff io.Reader) (*storage.Layer, int64, error) {
-	if options != nil && options.OriginalDigest != "" && s.pull.OnCommitStart != nil {
-		s.pull.OnCommitStart(options.OriginalDigest)
+	if options != nil && options.OriginalDigest != "" && s.image.hooks.CommitStarted != nil {
+		s.image.hooks.CommitStarted(options.OriginalDigest)
 	}
 	check := newLayerCheck(diff)
 	layer, size, err := s.Store.PutLayer(id, parent, names, mountLabel, writeable, options, check)
@@ -118,9 +118,9 @@ func (s *Store) PutLayer(id, parent string, names []string, mountLabel string, w
 		return layer, size, s.commitFailed(blob, parent, err)
 	}
 	if layer != nil && layer.CompressedDigest != "" {
-		s.pull.c.committed(layer.CompressedDigest)
-		if s.pull.OnCommit != nil {
-			s.pull.OnCommit(layer.CompressedDigest, false)
+		s.image.c.committed(layer.CompressedDigest)
+		if s.image.hooks.Committed != nil {
+			s.image.hooks.Committed(layer.CompressedDigest, false)
 		}
 	}
 	return layer, size, err
@@ -131,10 +131,10 @@ func (s *Store) PutLayer(id, parent string, names []string, mountLabel string, w
 func (s *Store) ApplyStagedLayer(args storage.ApplyStagedLayerOptions) (*storage.Layer, error) {
 	var blob digest.Digest
 	if args.DiffOutput != nil && args.DiffOutput.TOCDigest != "" {
-		blob = s.pull.c.blobForTOC(args.DiffOutput.TOCDigest)
+		blob = s.image.c.tocToBlob[args.DiffOutput.TOCDigest]
 	}
-	if blob != "" && s.pull.OnCommitStart != nil {
-		s.pull.OnCommitStart(blob)
+	if blob != "" && s.image.hooks.CommitStarted != nil {
+		s.image.hooks.CommitStarted(blob)
 	}
 	layer, err := s.Store.ApplyStagedLayer(args)
 	if err != nil {
@@ -144,14 +144,14 @@ func (s *Store) ApplyStagedLayer(args storage.ApplyStagedLayerOptions) (*storage
 		// The layer's own digests say which blob it was made from.
 		made := layer.CompressedDigest
 		if layer.TOCDigest != "" {
-			if b := s.pull.c.blobForTOC(layer.TOCDigest); b != "" {
+			if b := s.image.c.tocToBlob[layer.TOCDigest]; b != "" {
 				made = b
 			}
 		}
 		if made != "" {
-			s.pull.c.committed(made)
-			if s.pull.OnCommit != nil {
-				s.pull.OnCommit(made, true)
+			s.image.c.committed(made)
+			if s.image.hooks.Committed != nil {
+				s.image.hooks.Committed(made, true)
 			}
 		}
 	}
@@ -188,15 +188,15 @@ func (e *layerRemovedError) Error() string {
 func (e *layerRemovedError) Unwrap() []error { return []error{ErrLayerRemoved, e.err} }
 
 // commitFailed explains err, an error of the commit of blob's layer (or of
-// the image) on top of layer parent, and reports it (OnCommitError).
+// the image) on top of layer parent, and reports it (Hooks.CommitFailed).
 func (s *Store) commitFailed(blob digest.Digest, parent string, err error) error {
 	if parent != "" && errors.Is(err, storage.ErrLayerUnknown) {
 		if _, lerr := s.Store.Layer(parent); errors.Is(lerr, storage.ErrLayerUnknown) {
 			err = &layerRemovedError{layer: parent, err: err}
 		}
 	}
-	if s.pull.OnCommitError != nil {
-		s.pull.OnCommitError(blob, err)
+	if s.image.hooks.CommitFailed != nil {
+		s.image.hooks.CommitFailed(blob, err)
 	}
 	return err
 }

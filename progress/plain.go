@@ -36,15 +36,11 @@ func (Discard) Close()             {}
 // starts with "total:". Bytes read are not reported as they arrive: a log
 // needs the outcome of each blob, not its progress.
 type Plain struct {
-	mu    sync.Mutex
-	w     io.Writer
-	start time.Time
-	names map[int]string
-
-	ok      int
-	failed  int
-	fetched int64
-	reused  int64
+	mu     sync.Mutex
+	w      io.Writer
+	start  time.Time
+	names  map[int]string
+	totals Totals // of the images finished, as the summary counts them
 }
 
 // NewPlain returns a Plain display writing to w.
@@ -76,43 +72,41 @@ func (p *Plain) Observe(e pull.Event) {
 		}
 		fmt.Fprintf(p.w, "%s: resolved to %s%s, %d %s: pulling\n", name, resolved, platform, len(r.Layers), layers)
 	case pull.EventLayerWaiting:
-		fmt.Fprintf(p.w, "%s: blob %s: waiting for %s, which is fetching it\n", name, short(e.Blob), e.Owner)
+		fmt.Fprintf(p.w, "%s: blob %s: waiting for %s, which is fetching it\n", name, shortDigest(e.Blob), e.Owner)
 	case pull.EventLayerDone:
 		switch e.How {
 		case pull.Fetched:
-			fmt.Fprintf(p.w, "%s: blob %s: fetched %s of %s\n", name, short(e.Blob), size(e.Bytes), size(e.Size))
+			fmt.Fprintf(p.w, "%s: blob %s: fetched %s of %s\n", name, shortDigest(e.Blob), size(e.Bytes), size(e.Size))
 		case pull.Waited:
-			fmt.Fprintf(p.w, "%s: blob %s: reused after another pull fetched it\n", name, short(e.Blob))
+			fmt.Fprintf(p.w, "%s: blob %s: reused after another pull fetched it\n", name, shortDigest(e.Blob))
 		default:
-			fmt.Fprintf(p.w, "%s: blob %s: %s\n", name, short(e.Blob), e.How)
+			fmt.Fprintf(p.w, "%s: blob %s: %s\n", name, shortDigest(e.Blob), e.How)
 		}
 	case pull.EventRetrying:
 		// containers/common's retry package already logged one line for it,
 		// naming the image and the cause; one is enough.
 	case pull.EventImageDone:
 		r := e.Result
-		p.fetched += r.BytesFetched
+		p.totals.add(r)
 		if r.Failed() {
-			p.failed++
 			fmt.Fprintf(p.w, "%s: failed: %s\n", name, OneLine(r.Err))
 			return
 		}
-		p.ok++
-		p.reused += reusedBytes(r)
 		fmt.Fprintf(p.w, "%s: pulled %s (%s) in %s: %s\n", name, shortID(r.ImageID), strings.Join(r.Names, ", "),
-			r.Duration.Round(time.Millisecond), layerSummary(r))
+			r.Duration.Round(time.Millisecond), layersByHow(r))
 	}
 }
 
 func (p *Plain) Close() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	fmt.Fprintf(p.w, "total: %d pulled, %d failed, %s fetched, %s reused in %s\n", p.ok, p.failed,
-		size(p.fetched), size(p.reused), time.Since(p.start).Round(time.Millisecond))
+	fmt.Fprintf(p.w, "total: %d pulled, %d failed, %s fetched, %s reused in %s\n", p.totals.OK, p.totals.Failed,
+		size(p.totals.Fetched), size(p.totals.Reused), time.Since(p.start).Round(time.Millisecond))
 }
 
-// layerSummary counts layers by how they were obtained.
-func layerSummary(r *pull.Result) string {
+// layersByHow ends a pulled image's line: its layers counted by how they
+// were obtained, and the bytes fetched.
+func layersByHow(r *pull.Result) string {
 	counts := map[pull.How]int{}
 	for _, l := range r.Layers {
 		counts[l.How]++
@@ -146,8 +140,8 @@ func OneLine(err error) string {
 // size formats a byte count the way podman and docker do.
 func size(n int64) string { return units.HumanSize(float64(n)) }
 
-// short is the first 12 hex digits of a digest, as podman shows blobs.
-func short(d fmt.Stringer) string {
+// shortDigest is the first 12 hex digits of a digest, as podman shows blobs.
+func shortDigest(d fmt.Stringer) string {
 	s := d.String()
 	if i := strings.IndexByte(s, ':'); i >= 0 && len(s) > i+13 {
 		return s[i+1 : i+13]
@@ -155,6 +149,7 @@ func short(d fmt.Stringer) string {
 	return s
 }
 
+// shortID is an image ID as podman lists it.
 func shortID(id string) string {
 	if len(id) > 12 {
 		return id[:12]

@@ -56,13 +56,26 @@ type LayerSummary struct {
 	WaitEnded commit.WaitEnd `json:"waitEnded,omitempty"`
 }
 
-// Totals add up the run.
+// Totals add up the run. The summary, Plain's last line and Terminal's
+// total line all count finished images through add, so the three agree.
 type Totals struct {
 	Fetched     int64   `json:"fetchedBytes"`
 	Reused      int64   `json:"reusedBytes"`
 	WallSeconds float64 `json:"wallSeconds"`
 	OK          int     `json:"ok"`
 	Failed      int     `json:"failed"`
+}
+
+// add counts a finished image. A failed one counts its bytes too: they were
+// fetched, or spared, all the same.
+func (t *Totals) add(r *pull.Result) {
+	t.Fetched += r.BytesFetched
+	t.Reused += reusedBytes(r)
+	if r.Failed() {
+		t.Failed++
+	} else {
+		t.OK++
+	}
 }
 
 // NewSummary builds the summary of results that took wall time.
@@ -78,14 +91,10 @@ func NewSummary(results []*pull.Result, wall time.Duration) Summary {
 		for _, l := range r.Layers {
 			img.Layers = append(img.Layers, LayerSummary{Digest: l.Digest, Size: l.Size, How: l.How, Fetched: l.BytesFetched, WaitEnded: l.WaitEnded})
 		}
-		if r.Err != nil {
+		if r.Failed() {
 			img.Error = OneLine(r.Err) // as the displays print it
-			s.Totals.Failed++
-		} else {
-			s.Totals.OK++
 		}
-		s.Totals.Fetched += img.Fetched
-		s.Totals.Reused += img.Reused
+		s.Totals.add(r)
 		s.Images = append(s.Images, img)
 	}
 	return s

@@ -44,30 +44,33 @@ type Terminal struct {
 	out   *os.File
 	start time.Time
 
-	mu     sync.Mutex
-	images []*imageView // by pull.Event.Image
-	p      *mpb.Progress
-	closed bool
+	mu        sync.Mutex
+	images    []*imageView  // by pull.Event.Image
+	container *mpb.Progress // holds every bar; made at the first event
+	closed    bool
 
 	// Owned by the drawing goroutine (and Close, once it has stopped).
 	refresh   chan any
 	rendering chan struct{} // mpb is drawing a frame
 	quit      chan struct{}
 	stopped   chan struct{}
-	bars      map[int]*row // image index → its line in the live area
+	rows      map[int]*row // image index → its line in the live area
 	reported  map[int]bool // final line queued
 	pending   []string     // final lines to print at the next frame
-	order     int
+	priority  int          // the newest row's: new rows go below the others
 	total     *mpb.Bar
 	totalText atomic.Pointer[string]
 	samples   []sample
 }
 
+// row is an image's line in the live area: the text before the bar, set by
+// update and read by mpb's goroutine as it draws, and the bar.
 type row struct {
 	bar  *mpb.Bar
 	text atomic.Pointer[string]
 }
 
+// sample is the bytes fetched by a moment, for the rate on the total line.
 type sample struct {
 	at      time.Time
 	fetched int64
@@ -80,7 +83,7 @@ func NewTerminal(out *os.File) *Terminal {
 	return &Terminal{
 		out: out, start: time.Now(),
 		refresh: make(chan any), rendering: make(chan struct{}, 1), quit: make(chan struct{}), stopped: make(chan struct{}),
-		bars: map[int]*row{}, reported: map[int]bool{},
+		rows: map[int]*row{}, reported: map[int]bool{},
 	}
 }
 
@@ -94,8 +97,8 @@ func (t *Terminal) Observe(e pull.Event) {
 		t.images = append(t.images, newImageView(len(t.images)))
 	}
 	t.images[e.Image].observe(e)
-	if t.p == nil {
-		t.p = mpb.New(mpb.WithOutput(t.out), mpb.WithManualRefresh(t.refresh))
+	if t.container == nil {
+		t.container = mpb.New(mpb.WithOutput(t.out), mpb.WithManualRefresh(t.refresh))
 		go t.loop()
 	}
 }
@@ -104,10 +107,10 @@ func (t *Terminal) Observe(e pull.Event) {
 // the terminal.
 func (t *Terminal) Write(b []byte) (int, error) {
 	t.mu.Lock()
-	p, closed := t.p, t.closed
+	container, closed := t.container, t.closed
 	t.mu.Unlock()
-	if p != nil && !closed {
-		if n, err := p.Write(b); err == nil {
+	if container != nil && !closed {
+		if n, err := container.Write(b); err == nil {
 			return n, nil
 		}
 	}
@@ -118,21 +121,21 @@ func (t *Terminal) Write(b []byte) (int, error) {
 // line, which stays on the terminal.
 func (t *Terminal) Close() {
 	t.mu.Lock()
-	p := t.p
+	container := t.container
 	t.mu.Unlock()
-	if p == nil {
+	if container == nil {
 		return // no event, nothing drawn
 	}
 	close(t.quit)
 	<-t.stopped
-	t.draw(false) // drops the last bars
+	t.update(false) // drops the last bars
 	t.render()
-	t.draw(true) // prints their lines; the total line completes
+	t.update(true) // prints their lines; the total line completes
 	t.render()
 	t.mu.Lock()
 	t.closed = true
 	t.mu.Unlock()
-	p.Wait()
+	container.Wait()
 }
 
 func (t *Terminal) loop() {
@@ -142,7 +145,7 @@ func (t *Terminal) loop() {
 	for {
 		select {
 		case <-tick.C:
-			t.draw(false)
+			t.update(false)
 			t.render()
 		case <-t.quit:
 			return
@@ -171,8 +174,8 @@ func (t *Terminal) render() {
 	}
 }
 
-// size is the terminal's, or 80x24 if it cannot be had.
-func (t *Terminal) size() (width, height int) {
+// screenSize is the terminal's, or 80x24 if it cannot be had.
+func (t *Terminal) screenSize() (width, height int) {
 	w, h, err := term.GetSize(int(t.out.Fd()))
 	if err != nil || w <= 0 || h <= 0 {
 		return 80, 24
@@ -180,25 +183,44 @@ func (t *Terminal) size() (width, height int) {
 	return w, h
 }
 
-// draw brings the bars in line with the images' state; the next refresh
-// shows it. With final, every image is finished and the total bar completes.
-func (t *Terminal) draw(final bool) {
-	width, height := t.size()
+// update brings the bars in line with the images' state; the next render
+// shows it. With final, every image is finished and the total line
+// completes.
+func (t *Terminal) update(final bool) {
+	width, height := t.screenSize()
+	shots := t.snapshots()
+	cols := newColumns(width, shots)
+	t.retireFinished(shots, cols, final)
+	// Rows: at most what the terminal holds besides the total line and the
+	// cursor's line; none once final.
+	budget := max(1, height-2)
+	if final {
+		budget = 0
+	}
+	shown, hidden := pickRows(shots, budget, func(image int) bool { return t.rows[image] != nil })
+	t.updateRows(shown, cols)
+	t.updateTotal(shots, hidden, width, final)
+}
+
+// snapshots are the images as this frame shows them, taken under the lock
+// so that Observe is held up only while they are copied.
+func (t *Terminal) snapshots() []snapshot {
 	t.mu.Lock()
+	defer t.mu.Unlock()
 	shots := make([]snapshot, len(t.images))
 	for i, v := range t.images {
 		shots[i] = v.snapshot()
 	}
-	t.mu.Unlock()
-	cols := newColumns(width, shots)
+	return shots
+}
 
-	// Finished images: their bars go, and their final lines are printed
-	// above the bars in the order they finished, one frame later: mpb draws
-	// a dropped bar once more, and the line must not show twice.
-	for _, line := range t.pending {
-		_, _ = t.p.Write([]byte(line + "\n"))
-	}
-	t.pending = t.pending[:0]
+// retireFinished drops the rows of images that finished since the last
+// frame and prints their final lines above the bars, in the order they
+// finished, one frame later: mpb draws a dropped bar once more, and the
+// line must not show twice. With final there is no later frame, so they
+// are printed now.
+func (t *Terminal) retireFinished(shots []snapshot, cols columns, final bool) {
+	t.printPending()
 	var finished []snapshot
 	for _, s := range shots {
 		if s.finished && !t.reported[s.index] {
@@ -209,82 +231,93 @@ func (t *Terminal) draw(final bool) {
 	for _, s := range finished {
 		t.reported[s.index] = true
 		t.pending = append(t.pending, cols.final(s))
-		if r := t.bars[s.index]; r != nil {
+		if r := t.rows[s.index]; r != nil {
 			text := cols.live(s) // what its last frame shows
 			r.text.Store(&text)
-			r.bar.SetCurrent(s.obtained)
+			r.bar.SetCurrent(s.obtainedBytes)
 			r.bar.Abort(true)
-			delete(t.bars, s.index)
+			delete(t.rows, s.index)
 		}
 	}
-	if final { // no later frame: print them now
-		for _, line := range t.pending {
-			_, _ = t.p.Write([]byte(line + "\n"))
-		}
-		t.pending = nil
-	}
-
-	// Rows: at most what the terminal holds besides the total line and the
-	// cursor's line (none once final). Images under way (fetching, waiting,
-	// committing) come first, then the queued ones that have not started;
-	// among equals, those that have a row keep it, so lines do not jump.
-	budget := max(1, height-2)
 	if final {
-		budget = 0
+		t.printPending()
 	}
-	var want []snapshot
-	for _, s := range shots {
-		if !s.finished {
-			want = append(want, s)
-		}
+}
+
+// printPending prints the queued final lines above the bars.
+func (t *Terminal) printPending() {
+	for _, line := range t.pending {
+		_, _ = t.container.Write([]byte(line + "\n"))
 	}
+	t.pending = t.pending[:0]
+}
+
+// pickRows chooses which unfinished images get one of the budget's rows,
+// and counts the others, which the total line shows as "N more". Images
+// under way (fetching, waiting, committing) come first, then the queued ones
+// that have not started; among equals, those that have a row keep it, so
+// lines do not jump.
+func pickRows(shots []snapshot, budget int, hasRow func(image int) bool) (shown []snapshot, hidden int) {
 	rank := func(s snapshot) int {
 		r := 0
 		if !s.started {
 			r += 2
 		}
-		if t.bars[s.index] == nil {
+		if !hasRow(s.index) {
 			r++
 		}
 		return r
 	}
-	slices.SortStableFunc(want, func(a, b snapshot) int { return cmp.Compare(rank(a), rank(b)) })
+	var unfinished []snapshot
+	for _, s := range shots {
+		if !s.finished {
+			unfinished = append(unfinished, s)
+		}
+	}
+	slices.SortStableFunc(unfinished, func(a, b snapshot) int { return cmp.Compare(rank(a), rank(b)) })
+	shown = unfinished[:min(len(unfinished), budget)]
+	return shown, len(unfinished) - len(shown)
+}
+
+// updateRows gives each image shown a row, creating the ones it lacks below
+// the others, and drops the rows of images no longer shown.
+func (t *Terminal) updateRows(shown []snapshot, cols columns) {
 	keep := map[int]bool{}
-	for _, s := range want[:min(len(want), budget)] {
+	for _, s := range shown {
 		keep[s.index] = true
 	}
-	for i, r := range t.bars {
+	for i, r := range t.rows {
 		if !keep[i] {
 			r.bar.Abort(true)
-			delete(t.bars, i)
+			delete(t.rows, i)
 		}
 	}
-	hidden := 0
-	for _, s := range want {
-		if !keep[s.index] {
-			hidden++
-			continue
-		}
-		r := t.bars[s.index]
+	for _, s := range shown {
+		r := t.rows[s.index]
 		if r == nil {
 			r = &row{}
 			r.text.Store(new(string))
-			t.order++
-			r.bar = t.p.New(0, mpb.BarStyle(),
-				mpb.BarPriority(t.order), mpb.BarWidth(max(1, cols.bar)),
+			t.priority++
+			r.bar = t.container.New(0, mpb.BarStyle(),
+				mpb.BarPriority(t.priority), mpb.BarWidth(max(1, cols.bar)),
 				mpb.PrependDecorators(decor.Any(func(decor.Statistics) string { return *r.text.Load() })))
-			t.bars[s.index] = r
+			t.rows[s.index] = r
 		}
 		text := cols.live(s)
 		r.text.Store(&text)
-		r.bar.SetTotal(max(1, s.total), false)
-		r.bar.SetCurrent(s.obtained)
+		r.bar.SetTotal(max(1, s.layerBytes), false)
+		r.bar.SetCurrent(s.obtainedBytes)
 	}
+}
 
+// updateTotal sets the total line. Its bar, made at the first frame, stays
+// below every row; its decorator is also how render learns that mpb has
+// begun a frame.
+func (t *Terminal) updateTotal(shots []snapshot, hidden, width int, final bool) {
 	text := t.totalLine(shots, hidden, width, final)
 	t.totalText.Store(&text)
 	if t.total == nil {
-		t.total = t.p.New(0, mpb.NopStyle(), mpb.BarPriority(math.MaxInt32), mpb.BarFillerTrim(),
+		t.total = t.container.New(0, mpb.NopStyle(), mpb.BarPriority(math.MaxInt32), mpb.BarFillerTrim(),
 			mpb.PrependDecorators(decor.Any(func(decor.Statistics) string {
 				// mpb calls this while it renders a frame, which render waits for.
 				select {
@@ -303,17 +336,8 @@ func (t *Terminal) draw(final bool) {
 // rate (over the last few seconds while running, over the run at the end),
 // bytes reused, time elapsed.
 func (t *Terminal) totalLine(shots []snapshot, hidden, width int, final bool) string {
-	var done, failed int
-	var fetched, reused int64
-	for _, s := range shots {
-		fetched += s.fetched
-		reused += s.reused
-		if s.finished && s.failed {
-			failed++
-		} else if s.finished {
-			done++
-		}
-	}
+	run := runSoFar(shots)
+	fetched := run.Fetched
 	now := time.Now()
 	elapsed := now.Sub(t.start)
 	t.samples = append(t.samples, sample{now, fetched})
@@ -326,9 +350,9 @@ func (t *Terminal) totalLine(shots []snapshot, hidden, width int, final bool) st
 	} else if d := now.Sub(first.at); d > 0 {
 		rate = float64(fetched-first.fetched) / d.Seconds()
 	}
-	parts := []string{fmt.Sprintf("total: %d/%d done", done, len(shots))}
-	if failed > 0 {
-		parts = append(parts, fmt.Sprintf("%d failed", failed))
+	parts := []string{fmt.Sprintf("total: %d/%d done", run.OK, len(shots))}
+	if run.Failed > 0 {
+		parts = append(parts, fmt.Sprintf("%d failed", run.Failed))
 	}
 	if hidden > 0 {
 		parts = append(parts, fmt.Sprintf("%d more", hidden))
@@ -337,7 +361,7 @@ func (t *Terminal) totalLine(shots []snapshot, hidden, width int, final bool) st
 	// elapsed time stays in view.
 	head, took := strings.Join(parts, ", "), elapsed.Round(100*time.Millisecond)
 	for _, line := range []string{
-		fmt.Sprintf("%s · %s fetched at %s/s · %s reused · %s", head, size(fetched), size(int64(rate)), size(reused), took),
+		fmt.Sprintf("%s · %s fetched at %s/s · %s reused · %s", head, size(fetched), size(int64(rate)), size(run.Reused), took),
 		fmt.Sprintf("%s · %s fetched at %s/s · %s", head, size(fetched), size(int64(rate)), took),
 	} {
 		if len([]rune(line)) < width {
@@ -345,6 +369,22 @@ func (t *Terminal) totalLine(shots []snapshot, hidden, width int, final bool) st
 		}
 	}
 	return fmt.Sprintf("%s · %s fetched · %s", head, size(fetched), took)
+}
+
+// runSoFar adds up the images of a frame: those finished by their results,
+// as Plain and the summary count them, the others by what their events have
+// said so far.
+func runSoFar(shots []snapshot) Totals {
+	var run Totals
+	for _, s := range shots {
+		if s.finished {
+			run.add(s.result)
+		} else {
+			run.Fetched += s.fetched
+			run.Reused += s.reused
+		}
+	}
+	return run
 }
 
 // imageView is what the events of one image have said so far.
@@ -359,7 +399,7 @@ type imageView struct {
 	obtained   map[string]int    // how many of a blob's occurrences are obtained, lowest first
 	fetched    int64
 	reused     int64
-	attempts   int
+	retries    int // attempts that failed and were retried
 	retrying   bool
 	result     *pull.Result // set when finished
 	finishedAt time.Time
@@ -413,7 +453,7 @@ func (v *imageView) observe(e pull.Event) {
 			v.obtained[blob]++
 		}
 	case pull.EventRetrying:
-		v.attempts++
+		v.retries++
 		v.retrying = true
 		v.reset()
 	case pull.EventImageDone:
@@ -427,16 +467,16 @@ func (v *imageView) observe(e pull.Event) {
 
 // snapshot is an imageView as one frame shows it.
 type snapshot struct {
-	index            int
-	name, state      string
-	owner            string // waiting for: the image fetching the blob
-	started          bool   // a layer is under way or obtained in this attempt
-	done, layers     int
-	fetched, reused  int64
-	obtained, total  int64 // layer bytes, for the bar
-	finished, failed bool
-	finishedAt       time.Time
-	result           *pull.Result
+	index                     int
+	name, state               string
+	owner                     string // waiting for: the image fetching the blob
+	started                   bool   // a layer is under way or obtained in this attempt
+	layersDone, layers        int
+	fetched, reused           int64
+	obtainedBytes, layerBytes int64 // of the layers, for the bar
+	finished, failed          bool
+	finishedAt                time.Time
+	result                    *pull.Result
 }
 
 func (v *imageView) snapshot() snapshot {
@@ -445,25 +485,25 @@ func (v *imageView) snapshot() snapshot {
 	seen := map[string]int{} // occurrences of each blob so far
 	for _, l := range v.layers {
 		d := l.Digest.String()
-		s.total += l.Size
+		s.layerBytes += l.Size
 		seen[d]++
 		switch {
 		case seen[d] <= v.obtained[d]:
-			s.done++
-			s.obtained += l.Size
+			s.layersDone++
+			s.obtainedBytes += l.Size
 		case seen[d] == v.obtained[d]+1: // the occurrence being read
-			s.obtained += min(v.reading[d], l.Size)
+			s.obtainedBytes += min(v.reading[d], l.Size)
 		}
 	}
-	s.started = s.done > 0 || len(v.reading) > 0 || len(v.waiting) > 0 || v.retrying
+	s.started = s.layersDone > 0 || len(v.reading) > 0 || len(v.waiting) > 0 || v.retrying
 	switch r := v.result; {
 	case r != nil && r.Failed():
 		s.finished, s.failed, s.state = true, true, "failed"
 	case r != nil:
 		s.finished, s.state = true, "done "+shortID(r.ImageID)
 	case v.retrying:
-		s.state = fmt.Sprintf("retrying (attempt %d)", v.attempts+1)
-	case s.layers > 0 && s.done == s.layers:
+		s.state = fmt.Sprintf("retrying (attempt %d)", v.retries+1)
+	case s.layers > 0 && s.layersDone == s.layers:
 		s.state = "committing"
 	case len(v.reading) > 0:
 		s.state = "fetching"
@@ -506,7 +546,7 @@ func newColumns(width int, shots []snapshot) columns {
 
 func (c columns) prefix(s snapshot, state string) string {
 	return fmt.Sprintf("%-*s %*s %*s %s", c.name, cutLeft(s.name, c.name),
-		c.layers, fmt.Sprintf("%d/%d", s.done, s.layers), c.bytes, size(s.fetched), state)
+		c.layers, fmt.Sprintf("%d/%d", s.layersDone, s.layers), c.bytes, size(s.fetched), state)
 }
 
 // live is an image's line in the live area, before the bar.

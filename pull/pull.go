@@ -58,6 +58,11 @@ type Options struct {
 	Observe    Observer
 	// FailFast cancels the remaining images after the first failure.
 	FailFast bool
+	// Interactive says that the caller's standard input and output are a
+	// terminal, where containers/image may ask which registry an ambiguous
+	// short name means. (It asks on the process's own standard input and
+	// output, and only when they are a terminal: it takes no other.)
+	Interactive bool
 	// NoBlobLocks leaves out the blob locks beside the store, through which
 	// herd processes pulling into one store share their fetches.
 	NoBlobLocks bool
@@ -101,27 +106,16 @@ func Run(ctx context.Context, inputs []string, opts Options) []*Result {
 			logrus.Warnf("%v: not coordinating fetches with other herd processes on this store", err)
 		}
 	}
-	coord := commit.NewCoordinator(diffIDs, locks)
+	coord := commit.NewCoordinator(planOf(targets, results), diffIDs, locks)
 	defer coord.Close()
-	clock := newRunClock()
+	runProgress := newRunClock()
 	// The slot reserve covers every image waiting at once (one slot per
 	// layer), twice, so that slots still being reclaimed after a wait never
 	// leave a later wait without its loan.
 	var reserve int64
 	for _, t := range targets {
-		if t == nil {
-			continue
-		}
-		reserve += 2 * int64(len(t.layers))
-		needed := map[digest.Digest]bool{}
-		for _, l := range t.layers {
-			if toc := tocDigest(l); toc != "" {
-				coord.LinkTOC(toc, l.Digest)
-			}
-			if !needed[l.Digest] {
-				needed[l.Digest] = true
-				coord.Need(l.Digest)
-			}
+		if t != nil {
+			reserve += 2 * int64(len(t.layers))
 		}
 	}
 	slots := newSlots(ctx, opts.Jobs, reserve)
@@ -133,7 +127,7 @@ func Run(ctx context.Context, inputs []string, opts Options) []*Result {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			run := &imagePull{index: i, target: t, result: results[i], opts: &opts, coord: coord, clock: clock, slots: slots, stopRun: cancel}
+			run := &imagePull{index: i, target: t, result: results[i], opts: &opts, coord: coord, runProgress: runProgress, slots: slots, stopRun: cancel}
 			run.pull(ctx)
 			if run.result.Err != nil && opts.FailFast {
 				cancel(nil)
@@ -196,6 +190,23 @@ func resolveAll(ctx context.Context, inputs []string, opts Options) ([]*target, 
 	return targets, results
 }
 
+// planOf is what the coordinator needs to know of the run before it starts:
+// every image's layers, by the image's index in the run (an image that did
+// not resolve has none).
+func planOf(targets []*target, results []*Result) commit.Plan {
+	plan := make(commit.Plan, len(targets))
+	for i, t := range targets {
+		plan[i].Name = results[i].Name()
+		if t == nil {
+			continue
+		}
+		for _, l := range t.layers {
+			plan[i].Layers = append(plan[i].Layers, commit.Layer{Blob: l.Digest, TOC: tocDigest(l)})
+		}
+	}
+	return plan
+}
+
 func dedupStrings(in []string) []string {
 	seen := map[string]bool{}
 	var out []string
@@ -223,9 +234,11 @@ type imagePull struct {
 	result *Result
 	opts   *Options
 	coord  *commit.Coordinator
-	clock  *runClock
 	slots  *slots
-	p      *commit.Pull
+	// runProgress is when any image of the run last made progress (watchdog).
+	runProgress *runClock
+	// image is the current attempt's part in the coordination.
+	image *commit.Image
 	// stopRun cancels every image of the run, with the cause (failStore).
 	stopRun context.CancelCauseFunc
 
@@ -279,7 +292,7 @@ func (ip *imagePull) pull(ctx context.Context) {
 		ip.result.Err = err
 		return
 	}
-	if err := ip.name(); err != nil {
+	if err := ip.nameImage(); err != nil {
 		ip.result.Err = fmt.Errorf("pulling %s: %w", ip.result.Name(), err)
 		return
 	}
@@ -320,50 +333,22 @@ func (ip *imagePull) checkPlatform(ctx context.Context) {
 
 // copy runs one attempt: one copy.Image of the image, watched by wd.
 func (ip *imagePull) copy(ctx context.Context, wd *watchdog) error {
-	blobs := make([]digest.Digest, len(ip.target.layers))
-	for i, l := range ip.target.layers {
-		blobs[i] = l.Digest
-	}
-	p := ip.coord.NewPull(ctx, ip.result.Name(), blobs)
-	ip.p = p
-	defer p.Done()
-	p.OnWait = func(w commit.WaitEvent) {
-		wd.waiting(w.End == "")
-		if w.End == "" {
-			ip.mu.Lock()
-			if ip.waits++; ip.waits == 1 {
-				ip.lent = ip.slots.lend(int64(len(ip.target.layers)))
+	image := ip.coord.Join(ctx, ip.index, commit.Hooks{
+		WaitStarted:   func(blob digest.Digest, owner string) { ip.waitStarted(wd, blob, owner) },
+		WaitEnded:     func(w commit.WaitEvent) { ip.waitEnded(wd, w) },
+		CommitStarted: wd.committing,
+		Committed:     ip.committed,
+		CommitFailed: func(blob digest.Digest, err error) {
+			if blob != "" {
+				err = fmt.Errorf("committing the layer of blob %s: %w", blob, err)
 			}
-			ip.mu.Unlock()
-			ip.emit(Event{Kind: EventLayerWaiting, Blob: w.Blob, Owner: w.Owner})
-			return
-		}
-		ip.mu.Lock()
-		ip.waitEnds[w.Blob] = w.End
-		if ip.waits--; ip.waits == 0 {
-			ip.slots.reclaim(ip.lent)
-			ip.lent = 0
-		}
-		ip.mu.Unlock()
-		logrus.Debugf("%s: waited %s for %s (pulled by %s): %s", ip.result.Name(), w.Waited.Round(time.Millisecond), w.Blob, w.Owner, w.End)
-	}
-	p.OnCommitStart = wd.committing
-	p.OnCommitError = func(blob digest.Digest, err error) {
-		if blob != "" {
-			err = fmt.Errorf("committing the layer of blob %s: %w", blob, err)
-		}
-		ip.failStore(err)
-	}
-	p.OnCommit = func(blob digest.Digest, partial bool) {
-		ip.mu.Lock()
-		if partial {
-			ip.partial[blob] = true
-		}
-		ip.mu.Unlock()
-		ip.emit(Event{Kind: EventLayerCommitted, Blob: blob})
-	}
+			ip.failStore(err)
+		},
+	})
+	ip.image = image
+	defer image.Done()
 
-	dest, err := istorage.Transport.NewStoreReference(p.Store(ip.opts.Store), ip.target.named, "")
+	dest, err := istorage.Transport.NewStoreReference(image.Store(ip.opts.Store), ip.target.named, "")
 	if err != nil {
 		return err
 	}
@@ -374,7 +359,7 @@ func (ip *imagePull) copy(ctx context.Context, wd *watchdog) error {
 	defer func() { _ = policy.Destroy() }()
 
 	sem := ip.slots.sem
-	if p.OneLayerAtATime() { // a layer listed twice: see commit's invariant 7
+	if image.OneLayerAtATime() { // a layer listed twice: see commit's invariant 7
 		if err := sem.Acquire(ctx, 1); err != nil { // the image's one copy counts against --jobs
 			return err
 		}
@@ -397,8 +382,8 @@ func (ip *imagePull) copy(ctx context.Context, wd *watchdog) error {
 		ConcurrentBlobCopiesSemaphore: sem,
 		Progress:                      progress,
 		// containers/image sends "skipped" events only with an interval set;
-		// the coordinator needs them (Reused, LayerEnded) to end flights. It
-		// also bounds what a blob longer than declared writes before the
+		// the coordinator needs them to end flights (commit.Image.Progress).
+		// The interval also bounds what a blob longer than declared writes before the
 		// watchdog sees it: one interval's worth of bytes.
 		ProgressInterval: progressInterval,
 	})
@@ -415,9 +400,46 @@ func (ip *imagePull) copy(ctx context.Context, wd *watchdog) error {
 	return err
 }
 
-// onProgress turns containers/image's progress events into herd's.
+// waitStarted: the image waits for owner's fetch of blob. While it waits it
+// lends the run the slots it may hold (pull/slots.go, commit's invariant 4),
+// and its watchdog judges nothing (containers/image holds the image's lock).
+func (ip *imagePull) waitStarted(wd *watchdog, blob digest.Digest, owner string) {
+	wd.waitStarted()
+	ip.mu.Lock()
+	if ip.waits++; ip.waits == 1 {
+		ip.lent = ip.slots.lend(int64(len(ip.target.layers)))
+	}
+	ip.mu.Unlock()
+	ip.emit(Event{Kind: EventLayerWaiting, Blob: blob, Owner: owner})
+}
+
+// waitEnded: the wait for w.Blob ended; the last one takes the slots back.
+func (ip *imagePull) waitEnded(wd *watchdog, w commit.WaitEvent) {
+	wd.waitEnded()
+	ip.mu.Lock()
+	ip.waitEnds[w.Blob] = w.End
+	if ip.waits--; ip.waits == 0 {
+		ip.slots.reclaim(ip.lent)
+		ip.lent = 0
+	}
+	ip.mu.Unlock()
+	logrus.Debugf("%s: waited %s for %s (pulled by %s): %s", ip.result.Name(), w.Waited.Round(time.Millisecond), w.Blob, w.Owner, w.End)
+}
+
+// committed: the image committed the layer made from blob.
+func (ip *imagePull) committed(blob digest.Digest, partial bool) {
+	ip.mu.Lock()
+	if partial {
+		ip.partial[blob] = true
+	}
+	ip.mu.Unlock()
+	ip.emit(Event{Kind: EventLayerCommitted, Blob: blob})
+}
+
+// onProgress turns containers/image's progress events into herd's, after
+// the coordinator has seen them.
 func (ip *imagePull) onProgress(pp types.ProgressProperties) {
-	ip.clock.tick()
+	obtained := ip.image.Progress(pp)
 	d := pp.Artifact.Digest
 	_, isLayer := ip.layerIdx[d]
 	switch pp.Event {
@@ -442,13 +464,9 @@ func (ip *imagePull) onProgress(pp types.ProgressProperties) {
 			ip.emit(Event{Kind: EventLayerRead, Blob: d, Bytes: int64(pp.OffsetUpdate), Size: pp.Artifact.Size})
 			ip.emit(Event{Kind: EventLayerDone, Blob: d, How: Fetched, Bytes: n, Size: pp.Artifact.Size})
 		}
-		ip.p.LayerEnded()
 	case types.ProgressEventSkipped:
-		ip.p.Reused(d)
-		ip.p.LayerEnded()
-		// A wait, if any, ended before containers/image reported the skip.
 		how := Reused
-		if ip.p.Waited(d) {
+		if obtained == commit.Waited {
 			how = Waited
 		}
 		ip.mu.Lock()
@@ -487,9 +505,10 @@ func (ip *imagePull) finishLayers() {
 	}
 }
 
-// name finds the image in the store and gives it the names of every input
-// that resolved to it, as podman would after pulling each of them.
-func (ip *imagePull) name() error {
+// nameImage finds the pulled image in the store and gives it the names of
+// every input that resolved to it, as podman would after pulling each of
+// them.
+func (ip *imagePull) nameImage() error {
 	img, err := ip.opts.Store.Image(ip.target.named.String())
 	if err != nil {
 		return fmt.Errorf("finding the pulled image in the store: %w", err)

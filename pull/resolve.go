@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -24,7 +23,6 @@ import (
 	"go.podman.io/image/v5/pkg/sysregistriesv2"
 	"go.podman.io/image/v5/types"
 	"go.podman.io/storage/pkg/chunked/toc"
-	"golang.org/x/term"
 )
 
 // target is one distinct manifest to pull, and everything known about it
@@ -84,8 +82,8 @@ func (r *resolvedSource) close() {
 // the first candidate whose manifest can be read. The manifest is read here,
 // before copy.Image, so that tags naming the same manifest are pulled once
 // and so that the coordinator knows every layer's TOC digest up front.
-func resolve(ctx context.Context, sys *types.SystemContext, input string) (*target, error) {
-	resolved, err := resolveShortName(sys, withoutTagIfDigested(input))
+func resolve(ctx context.Context, sys *types.SystemContext, interactive bool, input string) (*target, error) {
+	resolved, err := resolveShortName(sys, interactive, withoutTagIfDigested(input))
 	if err != nil {
 		return nil, err
 	}
@@ -134,9 +132,9 @@ func withoutTagIfDigested(input string) string {
 var promptMu sync.Mutex
 
 // resolveShortName is shortnames.Resolve, with the error for an ambiguous
-// short name that cannot be asked about (short-name-mode "enforcing", no
-// terminal) saying which registries it could come from and what to do.
-func resolveShortName(sys *types.SystemContext, input string) (*shortnames.Resolved, error) {
+// short name that cannot be asked about (short-name-mode "enforcing", not
+// interactive) saying which registries it could come from and what to do.
+func resolveShortName(sys *types.SystemContext, interactive bool, input string) (*shortnames.Resolved, error) {
 	promptMu.Lock()
 	resolved, err := shortnames.Resolve(sys, input)
 	promptMu.Unlock()
@@ -144,8 +142,7 @@ func resolveShortName(sys *types.SystemContext, input string) (*shortnames.Resol
 		return resolved, err
 	}
 	// The same conditions as shortnames.Resolve's for that error.
-	if mode, merr := sysregistriesv2.GetShortNameMode(sys); merr != nil || mode != types.ShortNameModeEnforcing ||
-		(term.IsTerminal(int(os.Stdin.Fd())) && term.IsTerminal(int(os.Stdout.Fd()))) {
+	if mode, merr := sysregistriesv2.GetShortNameMode(sys); merr != nil || mode != types.ShortNameModeEnforcing || interactive {
 		return nil, err
 	}
 	// "disabled" lists the candidates without asking; if there are several,

@@ -59,7 +59,7 @@ func resolveWithRetries(ctx context.Context, opts Options, input string) (*targe
 		actx, cancel := context.WithTimeoutCause(ctx, opts.StallTimeout, stalled)
 		defer cancel()
 		var err error
-		t, err = resolve(actx, opts.System, input)
+		t, err = resolve(actx, opts.System, opts.Interactive, input)
 		if err != nil && ctx.Err() == nil && context.Cause(actx) == stalled {
 			err = stalled
 		}
@@ -88,7 +88,7 @@ func retryOptions(ctx context.Context, opts *Options) *retry.Options {
 func (ip *imagePull) attempt(ctx context.Context) error {
 	actx, abandon := context.WithCancelCause(ctx)
 	defer abandon(nil)
-	wd := startWatchdog(ip.opts.StallTimeout, ip.clock, abandon)
+	wd := startWatchdog(ip.opts.StallTimeout, ip.runProgress, abandon)
 	defer wd.stop()
 	err := ip.copy(actx, wd)
 	if cause := context.Cause(actx); errors.Is(err, context.Canceled) && ctx.Err() == nil && cause != nil && cause != context.Canceled {

@@ -116,10 +116,12 @@ func (c *runClock) since() time.Duration { return time.Since(time.Unix(0, c.last
 // is judged only while the whole run makes no progress either.
 type watchdog struct {
 	timeout time.Duration
-	run     *runClock
-	abandon context.CancelCauseFunc
-	done    chan struct{}
-	start   time.Time
+	// runProgress is when any image of the run last made progress: an
+	// attempt without events of its own is judged against it.
+	runProgress *runClock
+	abandon     context.CancelCauseFunc
+	done        chan struct{}
+	start       time.Time
 
 	mu       sync.Mutex
 	events   bool                        // any progress event in this attempt
@@ -139,15 +141,15 @@ func (t *transfer) restart(now time.Time) { t.since, t.base = now, t.offset }
 
 // startWatchdog watches one attempt; abandon cancels it. Call stop when the
 // attempt's copy.Image has returned.
-func startWatchdog(timeout time.Duration, run *runClock, abandon context.CancelCauseFunc) *watchdog {
-	w := newWatchdog(timeout, run)
+func startWatchdog(timeout time.Duration, runProgress *runClock, abandon context.CancelCauseFunc) *watchdog {
+	w := newWatchdog(timeout, runProgress)
 	w.abandon = abandon
 	go w.loop()
 	return w
 }
 
-func newWatchdog(timeout time.Duration, run *runClock) *watchdog {
-	return &watchdog{timeout: timeout, run: run, done: make(chan struct{}), start: time.Now(), inFlight: map[digest.Digest]*transfer{}}
+func newWatchdog(timeout time.Duration, runProgress *runClock) *watchdog {
+	return &watchdog{timeout: timeout, runProgress: runProgress, done: make(chan struct{}), start: time.Now(), inFlight: map[digest.Digest]*transfer{}}
 }
 
 func (w *watchdog) stop() { close(w.done) }
@@ -186,17 +188,19 @@ func (w *watchdog) check(now time.Time) *stallError {
 		first := w.inFlight[stalled[0]]
 		return &stallError{blobs: stalled, received: first.offset - first.base, timeout: w.timeout}
 	}
-	if !w.events && now.Sub(w.start) >= w.timeout && w.run.since() >= w.timeout {
+	if !w.events && now.Sub(w.start) >= w.timeout && w.runProgress.since() >= w.timeout {
 		return &stallError{timeout: w.timeout}
 	}
 	return nil
 }
 
-// progress records one of the attempt's progress events. A transfer past
+// progress records one of the attempt's progress events, which is also
+// progress of the run. A transfer past
 // its declared size abandons the attempt right here: containers/image sends
 // the event before it hands the bytes read on, so what it writes past the
 // declared size is at most what arrives in one progress interval.
 func (w *watchdog) progress(pp types.ProgressProperties) {
+	w.runProgress.tick()
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.events = true
@@ -226,15 +230,18 @@ func (w *watchdog) committing(blob digest.Digest) {
 	delete(w.inFlight, blob)
 }
 
-// waiting records that the image starts (true) or ends (false) waiting for
-// another pull's blob.
-func (w *watchdog) waiting(start bool) {
+// waitStarted records that the image waits for another pull's blob.
+func (w *watchdog) waitStarted() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if start {
-		w.waits++
-		return
-	}
+	w.waits++
+}
+
+// waitEnded records that a wait ended: the image's transfers are timed
+// afresh from now.
+func (w *watchdog) waitEnded() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
 	w.waits--
 	now := time.Now()
 	for _, t := range w.inFlight {

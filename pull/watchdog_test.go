@@ -44,11 +44,11 @@ func TestWatchdogArming(t *testing.T) {
 
 	w = newDog()
 	w.progress(event(types.ProgressEventNewArtifact, blob))
-	w.waiting(true)
+	w.waitStarted()
 	if err := w.check(later()); err != nil {
 		t.Errorf("an image waiting for another pull's blob is reported stalled: %v", err)
 	}
-	w.waiting(false)
+	w.waitEnded()
 	if err := w.check(time.Now()); err != nil {
 		t.Errorf("the timeout did not restart when the wait ended: %v", err)
 	}
