@@ -1,5 +1,4 @@
-// Package commit decides how layers reach the store when many pulls run in
-// one process, so that a blob several images need is fetched once per run.
+// How pulls of one run share their fetches.
 //
 // containers/image pulls one image per copy.Image call. Each call asks the
 // store whether a layer is already there (TryReusingBlobWithOptions →
@@ -118,6 +117,7 @@
 // other way (reusable: by TOC digest for a partially pulled layer, or by
 // the DiffID that the shared blob-info cache records for the blob): if so,
 // containers/image finds it next, and there is nothing to claim.
+
 package commit
 
 import (

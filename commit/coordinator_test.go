@@ -174,7 +174,7 @@ func TestCycleThroughAThirdPullIsRefused(t *testing.T) {
 // made from another compression). The flight ends at the owner's next
 // "done" or "skipped" event, not by any clock: the waiter's own store poll
 // is disabled here.
-func TestLayerEndedEndsFlightWhenTheStoreHasTheLayer(t *testing.T) {
+func TestLayerEndEndsFlightWhenTheStoreHasTheLayer(t *testing.T) {
 	c, a, b := twoImages(nil)
 	var present atomic.Bool
 	a.reusable = func(blob digest.Digest) bool { return blob == blobX && present.Load() }

@@ -170,7 +170,7 @@ func (f *storeFault) Error() string { return fmt.Sprintf("pulling %s: %v", f.ima
 func (f *storeFault) Unwrap() error { return f.err }
 
 // failStore stops the run if err is a storeFailure of this image. Call it
-// before the image's commit.Pull is done, so that images waiting for its
+// before the image's commit.Image is done, so that images waiting for its
 // blobs see the run stopped rather than the blobs handed over to them.
 func (ip *imagePull) failStore(err error) {
 	if err != nil && storeFailure(err) {

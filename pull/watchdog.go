@@ -103,7 +103,7 @@ func (c *runClock) since() time.Duration { return time.Since(time.Unix(0, c.last
 // Each transfer is timed on its own, from its "new" event (sent just before
 // the request) and then from each "read" event that brings its total
 // MinProgress or more past where its current window started, until its
-// commit starts (commit.Pull.OnCommitStart) or containers/image reports it
+// commit starts (commit.Hooks.CommitStarted) or containers/image reports it
 // done or skipped. So a transfer that received every byte is never taken for
 // stalled while its layer is applied, however long that takes, and a live
 // transfer does not hide a dead one beside it. An image that queues for a
