@@ -9,7 +9,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 COMMIT  ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 LDFLAGS := -X github.com/herd-project/herd/cmd.version=$(VERSION) -X github.com/herd-project/herd/cmd.commit=$(COMMIT)
 
-.PHONY: all build test demo vet check-format check-tidy clean tags fuzz completions bench
+.PHONY: all build test demo vet check-format check-tidy clean tags fuzz completions man install bench
 
 all: build
 
@@ -33,11 +33,31 @@ completions:
 	$(GO) run $(GOFLAGS_TAGS) . completion fish > completions/herd.fish
 	$(GO) run $(GOFLAGS_TAGS) . completion powershell > completions/herd.ps1
 
+# man regenerates the man pages kept in man/ (one per command, from the
+# cobra commands); a test fails when they are stale. The generator lives in
+# tests/ so that the product's go.mod does not gain cobra/doc's markdown
+# renderer.
+man:
+	rm -f man/*.1
+	cd tests && $(GO) run $(GOFLAGS_TAGS) ./cmd/genman $(CURDIR)/man
+
+# install puts herd, its completions and man pages under
+# $(DESTDIR)$(PREFIX), where each shell and man look by default.
+PREFIX  ?= /usr/local
+DESTDIR ?=
+install: build
+	install -D -m 0755 bin/herd $(DESTDIR)$(PREFIX)/bin/herd
+	install -D -m 0644 completions/herd.bash $(DESTDIR)$(PREFIX)/share/bash-completion/completions/herd
+	install -D -m 0644 completions/herd.zsh $(DESTDIR)$(PREFIX)/share/zsh/site-functions/_herd
+	install -D -m 0644 completions/herd.fish $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/herd.fish
+	install -D -m 0644 -t $(DESTDIR)$(PREFIX)/share/man/man1 man/*.1
+
 # bench pulls generated image sets with herd, a plain copy.Image-per-image
 # baseline and podman, side by side, and prints a table (README: "Benchmark");
 # plots and raw runs go to bin/bench. Not part of make test (a -quick smoke
-# run is). Takes about 50 minutes on 2 cores; BENCHFLAGS=-quick for a one-minute run, or
-# e.g. BENCHFLAGS='-sets fleet -limits 100 -j 4'.
+# run is). The full run takes over an hour on 2 cores (README: Benchmark);
+# BENCHFLAGS=-quick for a one-minute run, or e.g.
+# BENCHFLAGS='-sets fleet -limits 100 -j 4'.
 bench: build
 	cd tests && $(GO) build $(GOFLAGS_TAGS) -o $(CURDIR)/bin/bench-plaincopy ./bench/cmd/plaincopy
 	cd tests && $(GO) build -o $(CURDIR)/bin/bench-launcher ./bench/cmd/launcher

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -85,6 +86,25 @@ func (o *storageOptions) storeOptions(fs *pflag.FlagSet) (storagetypes.StoreOpti
 	}
 	opts.PullOptions = pullOpts
 	return opts, nil
+}
+
+// StoreOptions are the store options herd pull resolves from storage flags
+// (args: --root, --runroot, --storage-driver, --storage-opt, --pull-option)
+// on top of storage.conf, so that another program (the benchmark's
+// baseline) opens exactly the store herd would. Not included: the rootless
+// case with no storage.conf and no store flag, where herd asks podman.
+func StoreOptions(args ...string) (storagetypes.StoreOptions, error) {
+	var o storageOptions
+	fs := pflag.NewFlagSet("storage", pflag.ContinueOnError)
+	fs.SetOutput(io.Discard) // the error says it all
+	o.flags(fs)
+	if err := fs.Parse(args); err != nil {
+		return storagetypes.StoreOptions{}, fmt.Errorf("storage flags %q: %w", args, err)
+	}
+	if fs.NArg() > 0 {
+		return storagetypes.StoreOptions{}, fmt.Errorf("storage flags %q: %q is not a flag", args, fs.Arg(0))
+	}
+	return o.storeOptions(fs)
 }
 
 func (o *storageOptions) open(fs *pflag.FlagSet) (storage.Store, error) {

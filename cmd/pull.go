@@ -14,6 +14,7 @@ import (
 	"github.com/sirupsen/logrus"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+	"go.podman.io/common/pkg/completion"
 	"go.podman.io/image/v5/signature"
 	"go.podman.io/image/v5/types"
 	"go.podman.io/storage/pkg/unshare"
@@ -31,7 +32,9 @@ type pullOptions struct {
 	files    []string
 	quiet    bool
 	format   string
+	policy   string
 	failFast bool
+	dryRun   bool
 	retry    retryOptions
 }
 
@@ -43,6 +46,8 @@ func (o *pullOptions) flags(c *cobra.Command) {
 	fs.BoolVarP(&o.quiet, "quiet", "q", false, "print only the pulled image IDs, one per line")
 	fs.StringVar(&o.format, "format", "text", "what to print on standard output at the end: `text` (image IDs) or json (a summary of the run, see README)")
 	fs.BoolVar(&o.failFast, "fail-fast", false, "stop all pulls after the first image fails")
+	fs.StringVar(&o.policy, "policy", string(pull.PullAlways), "`POLICY` says which images to pull, as podman's --policy: always (every image), missing (only images not in the store), newer (also those whose digest in the registry differs from the store's; if the registry cannot be read, the store's is kept), never (none: an image not in the store fails)")
+	fs.BoolVar(&o.dryRun, "dry-run", false, "read the manifests only and print, per image and in total, the bytes shared with other images, already in the store, and to fetch (--format json for JSON); pull nothing")
 	o.storage.flags(fs)
 	o.registry.flags(fs)
 	o.platform.flags(fs)
@@ -75,8 +80,18 @@ start (configuration, storage, policy), 130 or 143 when interrupted.`,
 	o.flags(c)
 	_ = c.RegisterFlagCompletionFunc("format", cobra.FixedCompletions(
 		[]string{"text", "json"}, cobra.ShellCompDirectiveNoFileComp))
+	_ = c.RegisterFlagCompletionFunc("policy", cobra.FixedCompletions(
+		[]string{"always", "missing", "newer", "never"}, cobra.ShellCompDirectiveNoFileComp))
 	_ = c.RegisterFlagCompletionFunc("storage-driver", cobra.FixedCompletions(
 		[]string{"overlay", "vfs", "zfs"}, cobra.ShellCompDirectiveNoFileComp))
+	// The platforms podman completes, from the same list.
+	_ = c.RegisterFlagCompletionFunc("platform", completion.AutocompletePlatform)
+	_ = c.RegisterFlagCompletionFunc("os", completion.AutocompleteOS)
+	_ = c.RegisterFlagCompletionFunc("arch", completion.AutocompleteArch)
+	// podman completes no variant; these are the ones containers/image
+	// matches in a manifest list (ARM's).
+	_ = c.RegisterFlagCompletionFunc("variant", cobra.FixedCompletions(
+		[]string{"v5", "v6", "v7", "v8"}, cobra.ShellCompDirectiveNoFileComp))
 	return c
 }
 
@@ -101,6 +116,10 @@ func (o *pullOptions) run(c *cobra.Command, args []string, stdio IO) error {
 	}
 	defer cleanup()
 
+	opts.Interactive = promptable(stdio)
+	if o.dryRun {
+		return o.preview(c, images, opts, stdio)
+	}
 	display := o.display(stdio)
 	start := time.Now()
 	opts.Observe = display.Observe
@@ -143,6 +162,9 @@ func (o *pullOptions) checkUsage(args []string) error {
 	if o.format != "text" && o.format != "json" {
 		return usageErrorf("--format %q: want text or json", o.format)
 	}
+	if _, err := pull.ParsePullPolicy(o.policy); err != nil {
+		return usageErrorf("--policy: %v", err)
+	}
 	if len(args) == 0 && len(o.files) == 0 {
 		return usageErrorf("no images to pull: give at least one IMAGE or --file")
 	}
@@ -175,6 +197,7 @@ func (o *pullOptions) start(c *cobra.Command) (pull.Options, func(), error) {
 	// HERD_BLOB_LOCKS=off leaves other herd processes out of the run's
 	// coordination: for the benchmark's two-process rows without them.
 	opts := pull.Options{Jobs: o.jobs, FailFast: o.failFast, NoBlobLocks: os.Getenv("HERD_BLOB_LOCKS") == "off"}
+	opts.PullPolicy, _ = pull.ParsePullPolicy(o.policy) // checkUsage refused a bad one
 	if err := o.retry.apply(&opts); err != nil {
 		return opts, nil, err
 	}
@@ -207,7 +230,7 @@ func (o *pullOptions) start(c *cobra.Command) (pull.Options, func(), error) {
 	// Big temporary files go to one directory per run that herd removes
 	// itself, so that a failed or interrupted run leaves nothing in /var/tmp;
 	// a killed run's directory is removed by the next run (tmpdir.go).
-	tmp, removeTmp, err := runTempDir(bigFilesDir())
+	tmp, removeTmp, err := runTempDir(TempDir())
 	if err != nil {
 		shutdown()
 		return opts, nil, err
@@ -267,6 +290,40 @@ func (o *pullOptions) display(stdio IO) progress.Display {
 	return progress.NewPlain(stdio.Stderr)
 }
 
+// preview prints what a pull of images would fetch (--dry-run).
+func (o *pullOptions) preview(c *cobra.Command, images []string, opts pull.Options, stdio IO) error {
+	p := pull.Plan(c.Context(), images, opts)
+	var err error
+	if o.format == "json" {
+		err = progress.WritePreviewJSON(stdio.Stdout, p)
+	} else {
+		err = progress.WritePreview(stdio.Stdout, p)
+	}
+	if err != nil {
+		return err
+	}
+	for _, img := range p.Images {
+		if img.Result.Failed() {
+			fmt.Fprintf(stdio.Stderr, "Error: %s\n", progress.OneLine(img.Result.Err))
+		}
+	}
+	if p.Totals.Failed > 0 {
+		return failedError{p.Totals.Failed}
+	}
+	return nil
+}
+
+// promptable reports whether containers/image may ask on stdio which
+// registry an ambiguous short name means: it asks on the process's own
+// standard input and output when they are a terminal, so only when those are
+// herd's.
+func promptable(stdio IO) bool {
+	in, ok1 := stdio.Stdin.(*os.File)
+	out, ok2 := stdio.Stdout.(*os.File)
+	return ok1 && ok2 && in.Fd() == os.Stdin.Fd() && out.Fd() == os.Stdout.Fd() &&
+		term.IsTerminal(int(in.Fd())) && term.IsTerminal(int(out.Fd()))
+}
+
 // images gathers the references from the arguments and every --file.
 func (o *pullOptions) images(args []string, stdin io.Reader) ([]string, error) {
 	images := append([]string(nil), args...)
@@ -318,13 +375,6 @@ func parseImageList(r io.Reader) ([]string, error) {
 		return nil, err
 	}
 	return images, nil
-}
-
-func bigFilesDir() string {
-	if d := os.Getenv("TMPDIR"); d != "" {
-		return d
-	}
-	return "/var/tmp" // podman's image_copy_tmp_dir default
 }
 
 // PullFlags returns the flags of herd pull, for documentation tests.

@@ -137,6 +137,12 @@ type globalOptions struct {
 	logLevel string
 }
 
+// RootCommand returns herd's command tree with its flags, for tools outside
+// this module that document it (man pages) from the commands themselves.
+func RootCommand() *cobra.Command {
+	return newRootCommand(IO{Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr})
+}
+
 func newRootCommand(stdio IO) *cobra.Command {
 	g := &globalOptions{}
 	root := &cobra.Command{

@@ -12,6 +12,17 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// TempDir is the base directory for big temporary files: $TMPDIR, else
+// /var/tmp, podman's image_copy_tmp_dir default (image blobs are too big for
+// a tmpfs /tmp). The benchmark's baseline uses it too, so that both stage
+// blobs on the same disk.
+func TempDir() string {
+	if d := os.Getenv("TMPDIR"); d != "" {
+		return d
+	}
+	return "/var/tmp"
+}
+
 // runTempDir creates the directory for this run's big temporary files
 // (containers/image's blob staging, SystemContext.BigFilesTemporaryDir) in
 // base, and returns it with the function that removes it. A run removes its

@@ -236,24 +236,35 @@ func NewCoordinator(plan Plan, diffIDs DiffIDs, locks *BlobLocks) *Coordinator {
 		stop:      make(chan struct{}),
 		tocToBlob: map[digest.Digest]digest.Digest{},
 		blobToTOC: map[digest.Digest]digest.Digest{},
-		needs:     map[digest.Digest]int{},
+		needs:     plan.Needs(),
 		flights:   map[digest.Digest]*flight{},
 		waitsFor:  map[*Image]map[*Image]int{},
 	}
 	for _, img := range plan {
-		counted := map[digest.Digest]bool{}
 		for _, l := range img.Layers {
 			if l.TOC != "" {
 				c.tocToBlob[l.TOC] = l.Blob
 				c.blobToTOC[l.Blob] = l.TOC
 			}
-			if !counted[l.Blob] {
-				counted[l.Blob] = true
-				c.needs[l.Blob]++
-			}
 		}
 	}
 	return c
+}
+
+// Needs says how many images of the plan need each layer blob: an image
+// that lists a blob twice counts once.
+func (p Plan) Needs() map[digest.Digest]int {
+	needs := map[digest.Digest]int{}
+	for _, img := range p {
+		counted := map[digest.Digest]bool{}
+		for _, l := range img.Layers {
+			if !counted[l.Blob] {
+				counted[l.Blob] = true
+				needs[l.Blob]++
+			}
+		}
+	}
+	return needs
 }
 
 // Close ends the coordinator's watches of other processes' flights, and

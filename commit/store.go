@@ -62,30 +62,41 @@ func (s *Store) LayersByCompressedDigest(d digest.Digest) ([]storage.Layer, erro
 }
 
 // reusable reports whether containers/image's lookup of blob
-// (TryReusingBlobWithOptions) would find a layer in the store, the same
-// ways it looks: made from blob itself, partially pulled from it (by TOC
-// digest), or with the DiffID that the shared blob-info cache records for
-// blob (once any pull fetched it whole) or for its TOC digest (once any
-// pull pulled it partially), whatever blob that layer was made from.
+// (TryReusingBlobWithOptions) would find a layer in the store (Findable).
 func (s *Store) reusable(blob digest.Digest) bool {
-	return hasLayers(s.Store.LayersByCompressedDigest(blob)) || s.reusableUnderOtherDigest(blob)
+	return Findable(s.Store, s.image.c.diffIDs, blob, s.image.c.blobToTOC[blob])
 }
 
 // reusableUnderOtherDigest is reusable without the lookup by blob's own
 // compressed digest, for callers that have just made it.
 func (s *Store) reusableUnderOtherDigest(blob digest.Digest) bool {
-	toc := s.image.c.blobToTOC[blob]
-	if toc != "" && hasLayers(s.Store.LayersByTOCDigest(toc)) {
+	return findableUnderOtherDigest(s.Store, s.image.c.diffIDs, blob, s.image.c.blobToTOC[blob])
+}
+
+// Findable reports whether containers/image's lookup of blob
+// (TryReusingBlobWithOptions) would find a layer in store, the same ways it
+// looks: made from blob itself, partially pulled from it (by toc, its
+// zstd:chunked TOC digest, if it has one), or with the DiffID that the
+// blob-info cache diffIDs (may be nil) records for blob (once any pull
+// fetched it whole) or for its TOC digest (once any pull pulled it
+// partially), whatever blob that layer was made from.
+func Findable(store storage.Store, diffIDs DiffIDs, blob, toc digest.Digest) bool {
+	return hasLayers(store.LayersByCompressedDigest(blob)) || findableUnderOtherDigest(store, diffIDs, blob, toc)
+}
+
+func findableUnderOtherDigest(store storage.Store, diffIDs DiffIDs, blob, toc digest.Digest) bool {
+	if toc != "" && hasLayers(store.LayersByTOCDigest(toc)) {
 		return true
 	}
-	if cache := s.image.c.diffIDs; cache != nil {
-		if diffID := cache.UncompressedDigest(blob); diffID != "" && diffID != blob && hasLayers(s.Store.LayersByUncompressedDigest(diffID)) {
+	if diffIDs == nil {
+		return false
+	}
+	if diffID := diffIDs.UncompressedDigest(blob); diffID != "" && diffID != blob && hasLayers(store.LayersByUncompressedDigest(diffID)) {
+		return true
+	}
+	if toc != "" {
+		if diffID := diffIDs.UncompressedDigestForTOC(toc); diffID != "" && hasLayers(store.LayersByUncompressedDigest(diffID)) {
 			return true
-		}
-		if toc != "" {
-			if diffID := cache.UncompressedDigestForTOC(toc); diffID != "" && hasLayers(s.Store.LayersByUncompressedDigest(diffID)) {
-				return true
-			}
 		}
 	}
 	return false

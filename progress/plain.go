@@ -92,6 +92,10 @@ func (p *Plain) Observe(e pull.Event) {
 			fmt.Fprintf(p.w, "%s: failed: %s\n", name, OneLine(r.Err))
 			return
 		}
+		if r.Present {
+			fmt.Fprintf(p.w, "%s: already present as %s (%s): not pulled (--policy)\n", name, shortID(r.ImageID), strings.Join(r.Names, ", "))
+			return
+		}
 		fmt.Fprintf(p.w, "%s: pulled %s (%s) in %s: %s\n", name, shortID(r.ImageID), strings.Join(r.Names, ", "),
 			r.Duration.Round(time.Millisecond), layersByHow(r))
 	}

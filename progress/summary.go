@@ -27,19 +27,21 @@ type Summary struct {
 // ImageSummary is one image of the run: one distinct manifest, whichever
 // and however many inputs named it.
 type ImageSummary struct {
-	Inputs          []string       `json:"inputs"`
-	Reference       string         `json:"reference,omitempty"`
-	Names           []string       `json:"names,omitempty"`
-	Digest          string         `json:"digest,omitempty"`
-	InstanceDigest  string         `json:"instanceDigest,omitempty"`
-	Platform        string         `json:"platform,omitempty"`
-	ImageID         string         `json:"imageID,omitempty"`
-	Layers          []LayerSummary `json:"layers"`
-	Fetched         int64          `json:"fetchedBytes"`
-	Reused          int64          `json:"reusedBytes"`
-	Attempts        int            `json:"attempts"`
-	DurationSeconds float64        `json:"durationSeconds"`
-	Error           string         `json:"error,omitempty"`
+	Inputs         []string       `json:"inputs"`
+	Reference      string         `json:"reference,omitempty"`
+	Names          []string       `json:"names,omitempty"`
+	Digest         string         `json:"digest,omitempty"`
+	InstanceDigest string         `json:"instanceDigest,omitempty"`
+	Platform       string         `json:"platform,omitempty"`
+	ImageID        string         `json:"imageID,omitempty"`
+	Layers         []LayerSummary `json:"layers"`
+	Fetched        int64          `json:"fetchedBytes"`
+	Reused         int64          `json:"reusedBytes"`
+	Attempts       int            `json:"attempts"`
+	// Present: not pulled, the store had it and --policy kept it.
+	Present         bool    `json:"present,omitempty"`
+	DurationSeconds float64 `json:"durationSeconds"`
+	Error           string  `json:"error,omitempty"`
 }
 
 // LayerSummary is one layer of one image, bottom to top as in the manifest.
@@ -86,7 +88,7 @@ func NewSummary(results []*pull.Result, wall time.Duration) Summary {
 			Inputs: r.Inputs, Reference: r.Reference, Names: r.Names,
 			Digest: string(r.Digest), InstanceDigest: string(r.InstanceDigest), Platform: r.Platform,
 			ImageID: r.ImageID, Layers: []LayerSummary{}, Fetched: r.BytesFetched, Reused: reusedBytes(r),
-			Attempts: r.Attempts, DurationSeconds: r.Duration.Seconds(),
+			Attempts: r.Attempts, Present: r.Present, DurationSeconds: r.Duration.Seconds(),
 		}
 		for _, l := range r.Layers {
 			img.Layers = append(img.Layers, LayerSummary{Digest: l.Digest, Size: l.Size, How: l.How, Fetched: l.BytesFetched, WaitEnded: l.WaitEnded})

@@ -66,6 +66,21 @@ type Options struct {
 	// NoBlobLocks leaves out the blob locks beside the store, through which
 	// herd processes pulling into one store share their fetches.
 	NoBlobLocks bool
+	// PullPolicy says whether images the store has are pulled again
+	// (policy.go); "" is PullAlways.
+	PullPolicy PullPolicy
+}
+
+func (o *Options) setDefaults() {
+	if o.Jobs < 1 {
+		o.Jobs = DefaultJobs
+	}
+	if o.StallTimeout <= 0 {
+		o.StallTimeout = DefaultStallTimeout
+	}
+	if o.Observe == nil {
+		o.Observe = func(Event) {}
+	}
 }
 
 // Run pulls every input and returns one Result per distinct image, in the
@@ -73,15 +88,7 @@ type Options struct {
 // failed (unless FailFast); failures are in the results. Inputs that cannot
 // be resolved get a Result with only Inputs and Err set.
 func Run(ctx context.Context, inputs []string, opts Options) []*Result {
-	if opts.Jobs < 1 {
-		opts.Jobs = DefaultJobs
-	}
-	if opts.StallTimeout <= 0 {
-		opts.StallTimeout = DefaultStallTimeout
-	}
-	if opts.Observe == nil {
-		opts.Observe = func(Event) {}
-	}
+	opts.setDefaults()
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 
@@ -114,7 +121,7 @@ func Run(ctx context.Context, inputs []string, opts Options) []*Result {
 	// leave a later wait without its loan.
 	var reserve int64
 	for _, t := range targets {
-		if t != nil {
+		if t != nil && t.local == nil {
 			reserve += 2 * int64(len(t.layers))
 		}
 	}
@@ -128,7 +135,11 @@ func Run(ctx context.Context, inputs []string, opts Options) []*Result {
 		go func() {
 			defer wg.Done()
 			run := &imagePull{index: i, target: t, result: results[i], opts: &opts, coord: coord, runProgress: runProgress, slots: slots, stopRun: cancel}
-			run.pull(ctx)
+			if t.local != nil {
+				run.keep(ctx)
+			} else {
+				run.pull(ctx)
+			}
 			if run.result.Err != nil && opts.FailFast {
 				cancel(nil)
 			}
@@ -151,7 +162,7 @@ func resolveAll(ctx context.Context, inputs []string, opts Options) ([]*target, 
 	g.SetLimit(opts.Jobs)
 	for i, in := range inputs {
 		g.Go(func() error {
-			resolved[i], attempts[i], errs[i] = resolveWithRetries(ctx, opts, in)
+			resolved[i], attempts[i], errs[i] = resolveInput(ctx, opts, in)
 			return nil
 		})
 	}
@@ -159,14 +170,20 @@ func resolveAll(ctx context.Context, inputs []string, opts Options) ([]*target, 
 
 	var targets []*target
 	var results []*Result
-	byDigest := map[digest.Digest]*target{}
+	byDigest := map[string]*target{}
 	for i, t := range resolved {
 		if errs[i] != nil {
 			targets = append(targets, nil)
 			results = append(results, &Result{Inputs: []string{inputs[i]}, Attempts: attempts[i], Err: errs[i]})
 			continue
 		}
-		if first := byDigest[t.digest]; first != nil {
+		key := t.digest.String()
+		if t.local != nil {
+			// Kept, not pulled: merged only with inputs that found the same
+			// stored image, never with a pull that would name it.
+			key = "stored " + t.local.ID
+		}
+		if first := byDigest[key]; first != nil {
 			t.source.close() // pulled through first's
 			first.inputs = append(first.inputs, t.inputs...)
 			if t.named.String() != first.named.String() {
@@ -174,7 +191,7 @@ func resolveAll(ctx context.Context, inputs []string, opts Options) ([]*target, 
 			}
 			continue
 		}
-		byDigest[t.digest] = t
+		byDigest[key] = t
 		targets = append(targets, t)
 		results = append(results, &Result{
 			Inputs: t.inputs, Reference: t.named.String(), Digest: t.digest,
@@ -197,14 +214,20 @@ func planOf(targets []*target, results []*Result) commit.Plan {
 	plan := make(commit.Plan, len(targets))
 	for i, t := range targets {
 		plan[i].Name = results[i].Name()
-		if t == nil {
+		if t == nil || t.local != nil { // nothing to pull
 			continue
 		}
-		for _, l := range t.layers {
-			plan[i].Layers = append(plan[i].Layers, commit.Layer{Blob: l.Digest, TOC: tocDigest(l)})
-		}
+		plan[i].Layers = planLayers(t)
 	}
 	return plan
+}
+
+func planLayers(t *target) []commit.Layer {
+	layers := make([]commit.Layer, len(t.layers))
+	for i, l := range t.layers {
+		layers[i] = commit.Layer{Blob: l.Digest, TOC: tocDigest(l)}
+	}
+	return layers
 }
 
 func dedupStrings(in []string) []string {
@@ -392,10 +415,10 @@ func (ip *imagePull) copy(ctx context.Context, wd *watchdog) error {
 	close(progress)
 	<-drained
 	ip.failStore(err) // a full temporary directory shows only here
-	if err != nil && strings.Contains(err.Error(), "image configuration") && ip.target.config != "" {
+	if err != nil && strings.Contains(err.Error(), "image configuration") && ip.target.config.Digest != "" {
 		// containers/image's errors about reading or parsing the config
 		// (one too big, one that is not JSON) do not say which blob it is.
-		err = fmt.Errorf("config blob %s: %w", ip.target.config, err)
+		err = fmt.Errorf("config blob %s: %w", ip.target.config.Digest, err)
 	}
 	return err
 }

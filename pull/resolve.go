@@ -22,6 +22,7 @@ import (
 	"go.podman.io/image/v5/pkg/shortnames"
 	"go.podman.io/image/v5/pkg/sysregistriesv2"
 	"go.podman.io/image/v5/types"
+	"go.podman.io/storage"
 	"go.podman.io/storage/pkg/chunked/toc"
 )
 
@@ -35,9 +36,12 @@ type target struct {
 	instance  digest.Digest // of the per-platform manifest
 	platform  string
 	layers    []types.BlobInfo
-	config    digest.Digest
+	config    types.BlobInfo
 	aliases   []reference.Named // other names of the same manifest, from other inputs
 	source    *resolvedSource   // what copy.Image reads the image from
+	// local is the stored image the pull policy keeps instead of pulling
+	// (policy.go); then there is no source.
+	local *storage.Image
 }
 
 // resolvedSource is the reference herd gives copy.Image as the image's
@@ -69,6 +73,9 @@ func (r *resolvedSource) NewImageSource(ctx context.Context, sys *types.SystemCo
 
 // close closes the source resolve opened, if copy.Image never took it.
 func (r *resolvedSource) close() {
+	if r == nil { // a target the pull policy keeps
+		return
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.opened != nil {
@@ -281,12 +288,7 @@ func inspect(ctx context.Context, sys *types.SystemContext, named reference.Name
 		}
 		return nil, fmt.Errorf("parsing manifest of %s: %w", named, err)
 	}
-	t.config = m.ConfigInfo().Digest
-	for _, l := range m.LayerInfos() {
-		if !l.EmptyLayer {
-			t.layers = append(t.layers, l.BlobInfo)
-		}
-	}
+	t.config, t.layers = m.ConfigInfo(), layerBlobs(m)
 	pinned, err := reference.WithDigest(reference.TrimNamed(t.named), t.digest)
 	if err != nil {
 		return nil, err
@@ -297,6 +299,18 @@ func inspect(ctx context.Context, sys *types.SystemContext, named reference.Name
 	}
 	t.source = &resolvedSource{ImageReference: byDigest, opened: src}
 	return t, nil
+}
+
+// layerBlobs are the blobs of m's layers, bottom to top, without the
+// empty layers Docker schema 1 lists.
+func layerBlobs(m manifest.Manifest) []types.BlobInfo {
+	var blobs []types.BlobInfo
+	for _, l := range m.LayerInfos() {
+		if !l.EmptyLayer {
+			blobs = append(blobs, l.BlobInfo)
+		}
+	}
+	return blobs
 }
 
 // tocDigest is the zstd:chunked TOC digest of a layer, or "".

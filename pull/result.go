@@ -55,7 +55,11 @@ type Result struct {
 	// per retry after a transient failure; for an input that failed while
 	// its manifest was read, how many times that was tried.
 	Attempts int
-	Err      error
+	// Present says the image was not pulled: the pull policy (--policy
+	// missing or never, or newer when the registry had nothing newer) kept
+	// the image the store had. Its layers are all Reused, and Attempts is 0.
+	Present bool
+	Err     error
 }
 
 // Failed reports whether the image was not pulled.

@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -152,21 +151,6 @@ func TestManifestAndConfigPastLimits(t *testing.T) {
 			t.Errorf("%s: no failure line names %s %s:\n%s", c.what, c.ref, c.blob, r.stderr)
 		}
 	}
-}
-
-// fetchBlob GETs a blob from the registry as it stores it.
-func fetchBlob(t *testing.T, reg *testregistry.Registry, repo string, d digest.Digest) []byte {
-	t.Helper()
-	resp, err := http.Get(reg.URL + "/v2/" + repo + "/blobs/" + d.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil || resp.StatusCode != http.StatusOK {
-		t.Fatalf("fetching blob %s: %s %v", d, resp.Status, err)
-	}
-	return body
 }
 
 // lineWith returns the first line of s that contains sub, or "".
@@ -346,8 +330,7 @@ func TestLayerRemovedDuringPullIsRetried(t *testing.T) {
 	go func() {
 		herdMu.Lock()
 		defer herdMu.Unlock()
-		args := append(append([]string{"pull"}, e.storeArgs()...), e.defaultFlags()...)
-		args = append(args, "--format", "json", "--retry-delay", "10ms", "--stall-timeout", "10m", b.Ref)
+		args := e.pullArgs("--format", "json", "--retry-delay", "10ms", "--stall-timeout", "10m", b.Ref)
 		done <- cmd.ExecuteContext(context.Background(), args, cmd.IO{Stdin: strings.NewReader(""), Stdout: &stdout, Stderr: &stderr})
 	}()
 	<-held

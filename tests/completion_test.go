@@ -141,3 +141,28 @@ printf '%s\n' "${COMPREPLY[@]}"`, "bash", script, line)
 		t.Errorf("bash completes %q to %q, want overlay vfs zfs\nstderr:\n%s", line, got, stderr.String())
 	}
 }
+
+// Issue 13: --platform, --os, --arch and --variant complete to the values
+// podman offers (containers/common's lists), without file names.
+func TestPlatformCompletion(t *testing.T) {
+	for _, c := range []struct {
+		flag string
+		want []string
+	}{
+		{"--platform", []string{"linux/amd64", "linux/arm64", "linux/s390x"}},
+		{"--os", []string{"linux"}},
+		{"--arch", []string{"amd64", "arm64", "ppc64le"}},
+		{"--variant", []string{"v7", "v8"}},
+	} {
+		lines := strings.Split(strings.TrimSpace(herdOut(t, "__complete", "pull", c.flag, "")), "\n")
+		values, directive := lines[:len(lines)-1], lines[len(lines)-1]
+		for _, w := range c.want {
+			if !slices.Contains(values, w) {
+				t.Errorf("completing pull %s: %q, want %s among them", c.flag, values, w)
+			}
+		}
+		if directive != ":4" {
+			t.Errorf("completing pull %s: directive %s, want no files (:4)", c.flag, directive)
+		}
+	}
+}

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -16,37 +15,6 @@ import (
 	"github.com/herd-project/herd/tests/internal/testimage"
 	"github.com/herd-project/herd/tests/internal/testregistry"
 )
-
-// podmanBinary finds Debian's podman; outside CI a missing podman skips the
-// test, in CI it fails it (.ci/run installs podman).
-func podmanBinary(t *testing.T) string {
-	t.Helper()
-	bin, err := exec.LookPath("podman")
-	if err != nil {
-		if inCI {
-			t.Fatalf("podman is not installed, and CI must run this test (apt-get install podman): %v", err)
-		}
-		t.Skipf("podman is not installed (apt-get install podman); CI runs this test: %v", err)
-	}
-	if os.Geteuid() != 0 {
-		if inCI {
-			t.Fatal("CI must run the podman tests as root")
-		}
-		t.Skip("podman on a store under the test's temporary directory needs root; CI runs this test as root")
-	}
-	return bin
-}
-
-// podmanPullCommand is `podman pull` of refs on the env's store, with the
-// env's policy and registries.conf, plain HTTP to the test registry.
-func (e *env) podmanPullCommand(bin string, refs ...string) *exec.Cmd {
-	args := append([]string{"--root", e.root, "--runroot", e.runroot, "--storage-driver", e.driver,
-		"--tmpdir", filepath.Join(e.dir, "podman-tmp"), "--events-backend", "none", "--cgroup-manager", "cgroupfs",
-		"pull", "--tls-verify=false", "--signature-policy", e.policy}, refs...)
-	c := exec.Command(bin, args...)
-	c.Env = append(os.Environ(), "CONTAINERS_REGISTRIES_CONF="+e.regconf)
-	return c
-}
 
 // Issue 6, test 5: three herd processes and a podman pull run at once on
 // one store, with overlapping sets of images: every one succeeds, every
@@ -92,7 +60,7 @@ func TestConcurrentProcessesShareOneStore(t *testing.T) {
 			// Debug logs say how each wait for another pull's blob ended.
 			procs = append(procs, e.startHerd(tmp, append([]string{"--log-level", "debug"}, refs(set...)...)...))
 		}
-		pc := e.podmanPullCommand(podman, refs(podmanSet...)...)
+		pc := e.podmanCommand(podman, append([]string{"pull", "--tls-verify=false", "--signature-policy", e.policy}, refs(podmanSet...)...)...)
 		var pout, perr bytes.Buffer
 		pc.Stdout, pc.Stderr = &pout, &perr
 		if err := pc.Start(); err != nil {
@@ -138,14 +106,9 @@ func TestConcurrentProcessesShareOneStore(t *testing.T) {
 			t.Errorf("round %d: temporary directories left: %v", round, left)
 		}
 		// podman sees every image, whoever pulled it.
-		out, err := exec.Command(podman, "--root", e.root, "--runroot", e.runroot, "--storage-driver", e.driver,
-			"--tmpdir", filepath.Join(e.dir, "podman-tmp"), "--events-backend", "none", "--cgroup-manager", "cgroupfs",
-			"images", "--format", "{{.Repository}}:{{.Tag}}").CombinedOutput()
-		if err != nil {
-			t.Fatalf("podman images: %v\n%s", err, out)
-		}
+		out := e.podman(podman, "images", "--format", "{{.Repository}}:{{.Tag}}")
 		for _, p := range images {
-			if !strings.Contains(string(out), p.Ref) {
+			if !strings.Contains(out, p.Ref) {
 				t.Errorf("round %d: podman images does not list %s:\n%s", round, p.Ref, out)
 			}
 		}

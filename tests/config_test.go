@@ -4,11 +4,9 @@ package tests
 // auth files, certs.d, policy.json) and takes podman's flags for them.
 
 import (
-	"bytes"
 	"encoding/base64"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -16,82 +14,6 @@ import (
 	"github.com/herd-project/herd/tests/internal/testimage"
 	"github.com/herd-project/herd/tests/internal/testregistry"
 )
-
-// herdExec runs `herd pull` as a separate process (the test binary acting
-// as herd) against the env's store, with the env's default flags, extra
-// environment variables and stdin; its stdin and stdout are pipes, never a
-// terminal, so it is a non-interactive run wherever the tests run. Used
-// where herd must see its own process environment.
-func (e *env) herdExec(environ []string, stdin string, args ...string) run {
-	e.t.Helper()
-	self, err := os.Executable()
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	full := append([]string{"pull"}, e.storeArgs()...)
-	full = append(full, e.defaultFlags()...)
-	c := exec.Command(self, append(full, args...)...)
-	c.Env = append(append(os.Environ(), asHerdEnv+"=1"), environ...)
-	c.Stdin = strings.NewReader(stdin)
-	var stdout, stderr bytes.Buffer
-	c.Stdout, c.Stderr = &stdout, &stderr
-	err = c.Run()
-	code := 0
-	if err != nil {
-		ee, ok := err.(*exec.ExitError)
-		if !ok {
-			e.t.Fatalf("running herd: %v", err)
-		}
-		code = ee.ExitCode()
-	}
-	return run{stdout.String(), stderr.String(), code}
-}
-
-// checkStoreEmpty fails unless the env's store holds no image and no layer.
-func (e *env) checkStoreEmpty(why string) {
-	e.t.Helper()
-	s := e.store()
-	images, err := s.Images()
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	layers, err := s.Layers()
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	if len(images) != 0 || len(layers) != 0 {
-		e.t.Errorf("%s: the store holds %d images and %d layers, want none", why, len(images), len(layers))
-	}
-}
-
-// wantFailure checks that a run failed with exit status 1 and that its
-// standard error says every one of the phrases.
-func wantFailure(t *testing.T, r run, what string, phrases ...string) {
-	t.Helper()
-	wantStatus(t, r, what, 1, phrases...)
-}
-
-// wantStatus checks that a run exited with code and that its standard
-// error says every one of the phrases.
-func wantStatus(t *testing.T, r run, what string, code int, phrases ...string) {
-	t.Helper()
-	t.Logf("%s: herd said:\n%s", what, r.stderr) // the messages, for review with -v
-	if r.code != code {
-		t.Errorf("%s: exit status %d, want %d\nstderr:\n%s", what, r.code, code, r.stderr)
-	}
-	for _, p := range phrases {
-		if !strings.Contains(r.stderr, p) {
-			t.Errorf("%s: standard error does not say %q:\n%s", what, p, r.stderr)
-		}
-	}
-}
-
-func wantSuccess(t *testing.T, r run, what string) {
-	t.Helper()
-	if r.code != 0 {
-		t.Fatalf("%s: exit status %d, want 0\nstderr:\n%s", what, r.code, r.stderr)
-	}
-}
 
 // Issue 5, test 1: the image exists only on the mirror; herd pulls it by
 // the primary's name through the [[registry.mirror]] of registries.conf.

@@ -5,8 +5,6 @@ import (
 	"context"
 	"fmt"
 	"net/http"
-	"os"
-	"regexp"
 	"runtime/pprof"
 	"strconv"
 	"strings"
@@ -15,73 +13,10 @@ import (
 	"time"
 
 	digest "github.com/opencontainers/go-digest"
-	"go.podman.io/storage"
 
-	"github.com/herd-project/herd/progress"
 	"github.com/herd-project/herd/tests/internal/testimage"
 	"github.com/herd-project/herd/tests/internal/testregistry"
 )
-
-// fleet pushes 8 images sharing base layers in overlapping subsets: all
-// share B1 and B2, the first half also share M, each has its own top layer.
-func fleet(e *env, compression string) []testimage.Pushed {
-	return fleetNamed(e, "fleet", compression)
-}
-
-// fleetNamed pushes the fleet as PREFIX0:v1 … PREFIX7:v1: the same content,
-// and so the same DiffIDs, under other names, in any compression.
-func fleetNamed(e *env, prefix, compression string) []testimage.Pushed {
-	var images []testimage.Pushed
-	for i := 0; i < 8; i++ {
-		layers := []testimage.Layer{baseLayer, midLayer}
-		if i < 4 {
-			layers = append(layers, testimage.RandomLayer(3, 6, 16*kib))
-		}
-		layers = append(layers, ownLayer(int64(i)))
-		images = append(images, e.push(fmt.Sprintf("%s%d:v1", prefix, i), testimage.Image{Layers: layers}, compression))
-	}
-	return images
-}
-
-func repetitions(t *testing.T, def int) int {
-	if s := os.Getenv("HERD_TEST_REPS"); s != "" {
-		n, err := strconv.Atoi(s)
-		if err != nil {
-			t.Fatalf("HERD_TEST_REPS=%q: %v", s, err)
-		}
-		return n
-	}
-	return def
-}
-
-// checkServedOnce fails unless every distinct layer blob of images was
-// served by the registry once (and not zero times), and the summary reports
-// exactly one image as having fetched it.
-func checkServedOnce(t *testing.T, e *env, compression string, images []testimage.Pushed, s progress.Summary, what string) {
-	t.Helper()
-	fetchers := map[digest.Digest][]string{}
-	for _, img := range s.Images {
-		for _, l := range img.Layers {
-			switch l.How {
-			case "fetched", "partial":
-				fetchers[l.Digest] = append(fetchers[l.Digest], img.Inputs[0])
-			case "waited", "reused":
-			default:
-				t.Errorf("%s: %s layer %s: how %q is not one of fetched, partial, waited, reused", what, img.Inputs[0], l.Digest, l.How)
-			}
-		}
-	}
-	for _, l := range distinctLayers(images...) {
-		got := e.reg.BlobBytes(l.Digest)
-		if got == 0 || got > servedOnceBound(compression, l.Size) {
-			t.Errorf("%s: blob %s (%d bytes) served %d bytes in %d requests, want it served once",
-				what, l.Digest, l.Size, got, e.reg.BlobGets(l.Digest))
-		}
-		if n := len(fetchers[l.Digest]); n != 1 {
-			t.Errorf("%s: blob %s reported fetched by %d images %v, want 1", what, l.Digest, n, fetchers[l.Digest])
-		}
-	}
-}
 
 // Issue 3, test 1: every shared blob is served once at any -j.
 func TestSharedBlobsServedOnceAtAnyJobs(t *testing.T) {
@@ -218,19 +153,7 @@ func TestCancelWhileWaiting(t *testing.T) {
 	shared := testimage.RandomLayer(51, 8, 16*kib)
 	a := e.push("cancel-a:1", testimage.Image{Layers: []testimage.Layer{shared, ownLayer(52)}}, "gzip")
 	b := e.push("cancel-b:1", testimage.Image{Layers: []testimage.Layer{shared, ownLayer(53)}}, "gzip")
-	blob := a.Layers[0].Digest
-	held := make(chan struct{}, 1)
-	e.reg.SetBlobHook(func(w http.ResponseWriter, req *http.Request, d digest.Digest) bool {
-		if d == blob {
-			select {
-			case held <- struct{}{}:
-			default:
-			}
-			<-req.Context().Done() // hold it until herd gives up
-			return true
-		}
-		return false
-	})
+	held := e.holdBlob(a.Layers[0].Digest)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan run, 1)
@@ -285,54 +208,4 @@ func herdGoroutines(grace time.Duration) string {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-}
-
-// checkStore runs containers/storage's own consistency check.
-func checkStore(t *testing.T, s storage.Store) {
-	t.Helper()
-	report, err := s.Check(storage.CheckEverything())
-	if err != nil {
-		t.Fatalf("checking the store: %v", err)
-	}
-	for id, errs := range report.Layers {
-		if errs = withoutPartialPullMtimes(s, id, errs); len(errs) > 0 {
-			t.Errorf("store check: layer %s: %v", id, errs)
-		}
-	}
-	for id, errs := range report.Images {
-		var real []error
-		for _, err := range errs {
-			if !partialPullMtime.MatchString(err.Error()) {
-				real = append(real, err)
-			}
-		}
-		if len(real) > 0 {
-			t.Errorf("store check: image %s: %v", id, real)
-		}
-	}
-	for id, errs := range report.ROLayers {
-		t.Errorf("store check: read-only layer %s: %v", id, errs)
-	}
-}
-
-// partialPullMtime matches the one report Check makes about every
-// zstd:chunked partial pull, herd's or podman's alike: a directory whose
-// mtime changed when pkg/chunked created files in it after setting it
-// (containers/podman#25101). Reproduced here with a single image at -j 1.
-var partialPullMtime = regexp.MustCompile(`^layer [0-9a-f]+: [^()]+\(mtime:0x[0-9a-f]+\x{FFEB}0x[0-9a-f]+\), layer content modified$`)
-
-// withoutPartialPullMtimes drops those reports for partially pulled layers
-// only (the layer has a TOC digest); any other difference still counts.
-func withoutPartialPullMtimes(s storage.Store, id string, errs []error) []error {
-	layer, err := s.Layer(id)
-	if err != nil || layer.TOCDigest == "" {
-		return errs
-	}
-	var real []error
-	for _, err := range errs {
-		if !partialPullMtime.MatchString(err.Error()) {
-			real = append(real, err)
-		}
-	}
-	return real
 }

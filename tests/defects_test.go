@@ -92,7 +92,7 @@ func checkDuplicateLayerRun(t *testing.T, e *env, compression string, images []t
 	if r.code != 0 || len(s.Images) != len(images) {
 		t.Fatalf("exit %d with %d images, want 0 with %d\n%s", r.code, len(s.Images), len(images), r.stderr)
 	}
-	for _, l := range distinctLayers(images...) {
+	for _, l := range testimage.DistinctLayers(images...) {
 		if n := e.reg.BlobBytes(l.Digest); n == 0 || n > servedOnceBound(compression, l.Size) {
 			t.Errorf("blob %s of %d bytes: the registry served %d bytes (%d GETs), want it served once", l.Digest, l.Size, n, e.reg.BlobGets(l.Digest))
 		}

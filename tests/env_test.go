@@ -7,30 +7,30 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
-	"slices"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/distribution/reference"
-	"github.com/moby/sys/mountinfo"
 	digest "github.com/opencontainers/go-digest"
 	istorage "go.podman.io/image/v5/storage"
-	"go.podman.io/image/v5/types"
 	"go.podman.io/storage"
 	"go.podman.io/storage/pkg/reexec"
 	storagetypes "go.podman.io/storage/types"
-	"golang.org/x/sys/unix"
 
 	"github.com/herd-project/herd/cmd"
 	"github.com/herd-project/herd/progress"
 	"github.com/herd-project/herd/tests/internal/testimage"
 	"github.com/herd-project/herd/tests/internal/testregistry"
+	"github.com/herd-project/herd/tests/internal/teststore"
 )
 
 // asHerdEnv makes the test binary behave as the herd command, for tests
@@ -91,19 +91,13 @@ func newEnv(t testing.TB, opts testregistry.Options) *env {
 	return e
 }
 
-// unmountBelow detaches every mount below dir, deepest first. A herd killed
-// while containers/storage probes the overlay driver (metacopy-check,
-// compat directories) leaves that probe's mount behind: the kernel does not
-// undo a dead process's mounts, and the directory cannot be removed.
+// unmountBelow detaches every mount below dir. A herd killed while
+// containers/storage probes the overlay driver (metacopy-check, compat
+// directories) leaves that probe's mount behind, and the directory cannot
+// be removed with it.
 func unmountBelow(t testing.TB, dir string) {
-	mounts, err := mountinfo.GetMounts(mountinfo.PrefixFilter(dir))
-	if err != nil {
-		return
-	}
-	slices.SortFunc(mounts, func(a, b *mountinfo.Info) int { return len(b.Mountpoint) - len(a.Mountpoint) })
-	for _, m := range mounts {
-		t.Logf("unmounting %s, left behind below the test's directory", m.Mountpoint)
-		_ = unix.Unmount(m.Mountpoint, unix.MNT_DETACH)
+	for _, m := range teststore.UnmountBelow(dir) {
+		t.Logf("unmounted %s, left behind below the test's directory", m)
 	}
 }
 
@@ -136,23 +130,10 @@ var (
 // overlay), else vfs outside CI. CI must have overlay: there it fails.
 func storeDriver(t testing.TB) string {
 	driverOnce.Do(func() {
-		if os.Geteuid() != 0 {
-			driverName, driverWhy = "vfs", "not running as root"
-			return
-		}
-		dir, err := os.MkdirTemp("", "herd-overlay-probe")
-		if err != nil {
-			driverName, driverWhy = "vfs", err.Error()
-			return
-		}
-		defer os.RemoveAll(dir)
-		s, err := storage.GetStore(storagetypes.StoreOptions{GraphRoot: dir + "/root", RunRoot: dir + "/run", GraphDriverName: "overlay"})
-		if err != nil {
-			driverName, driverWhy = "vfs", err.Error()
-			return
-		}
-		_, _ = s.Shutdown(true)
 		driverName = "overlay"
+		if err := teststore.CheckOverlay(""); err != nil {
+			driverName, driverWhy = "vfs", err.Error()
+		}
 	})
 	if driverName != "overlay" {
 		if inCI {
@@ -192,13 +173,10 @@ func (e *env) herdContext(ctx context.Context, stdin io.Reader, args ...string) 
 	herdMu.Lock()
 	defer herdMu.Unlock()
 	var stdout, stderr syncBuffer
-	full := append([]string{"pull"}, e.storeArgs()...)
-	full = append(full, e.defaultFlags()...)
-	full = append(full, args...)
 	if stdin == nil {
 		stdin = strings.NewReader("")
 	}
-	code := cmd.ExecuteContext(ctx, full, cmd.IO{Stdin: stdin, Stdout: &stdout, Stderr: &stderr})
+	code := cmd.ExecuteContext(ctx, e.pullArgs(args...), cmd.IO{Stdin: stdin, Stdout: &stdout, Stderr: &stderr})
 	return run{stdout.String(), stderr.String(), code}
 }
 
@@ -237,6 +215,14 @@ func (e *env) defaultFlags() []string {
 	return out
 }
 
+// pullArgs are herd's arguments for `herd pull` of args on the env's
+// store with its default flags.
+func (e *env) pullArgs(args ...string) []string {
+	full := append([]string{"pull"}, e.storeArgs()...)
+	full = append(full, e.defaultFlags()...)
+	return append(full, args...)
+}
+
 func (e *env) storeArgs() []string {
 	return []string{"--root", e.root, "--runroot", e.runroot, "--storage-driver", e.driver}
 }
@@ -245,6 +231,20 @@ func (e *env) storeArgs() []string {
 func (e *env) summary(args ...string) (progress.Summary, run) {
 	e.t.Helper()
 	r := e.herd(append([]string{"--format", "json"}, args...)...)
+	return e.parseSummary(r), r
+}
+
+// summaryWithin is e.summary, failing the test if herd has not returned
+// within limit: a wait that never ends is a deadlock, and the suite should
+// say so, not run into its own timeout.
+func (e *env) summaryWithin(limit time.Duration, args ...string) (progress.Summary, run) {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
+	defer cancel()
+	r := e.herdContext(ctx, nil, append([]string{"--format", "json"}, args...)...)
+	if ctx.Err() != nil {
+		e.t.Fatalf("herd did not finish within %s (a wait that never ends?)\n%s", limit, r.stderr)
+	}
 	return e.parseSummary(r), r
 }
 
@@ -288,14 +288,9 @@ func (e *env) verifyImage(p testimage.Pushed) {
 	if err != nil {
 		e.t.Fatalf("%s is not in the store: %v", p.Ref, err)
 	}
-	var chain []digest.Digest
-	for id := img.TopLayer; id != ""; {
-		l, err := s.Layer(id)
-		if err != nil {
-			e.t.Fatalf("%s: layer %s of the image record is missing: %v", p.Ref, id, err)
-		}
-		chain = append([]digest.Digest{l.UncompressedDigest}, chain...)
-		id = l.Parent
+	chain, err := diffIDChain(s, img.TopLayer)
+	if err != nil {
+		e.t.Fatalf("%s: the image record's layers: %v", p.Ref, err)
 	}
 	if fmt.Sprint(chain) != fmt.Sprint(p.DiffIDs) {
 		e.t.Fatalf("%s: layer chain %v, config diff_ids %v", p.Ref, chain, p.DiffIDs)
@@ -340,26 +335,7 @@ func (e *env) verifyImage(p testimage.Pushed) {
 
 // layerBytes is what the registry served for the layer blobs of images.
 func (e *env) layerBytes(images ...testimage.Pushed) int64 {
-	var n int64
-	for _, l := range distinctLayers(images...) {
-		n += e.reg.BlobBytes(l.Digest)
-	}
-	return n
-}
-
-// distinctLayers lists the layer blobs of images, each once, in order.
-func distinctLayers(images ...testimage.Pushed) []types.BlobInfo {
-	seen := map[digest.Digest]bool{}
-	var out []types.BlobInfo
-	for _, p := range images {
-		for _, l := range p.Layers {
-			if !seen[l.Digest] {
-				seen[l.Digest] = true
-				out = append(out, l)
-			}
-		}
-	}
-	return out
+	return testimage.ServedLayerBytes(e.reg, images...)
 }
 
 // refs are the references of pushed images, as herd arguments.
@@ -400,4 +376,144 @@ func (e *env) holdBlob(blob digest.Digest) <-chan struct{} {
 		return true
 	})
 	return requested
+}
+
+// ---- herd and podman as processes of their own.
+
+// herdCommand is `herd pull` with the env's store and default flags (as
+// e.herd's) and args, as a separate process: the test binary acting as
+// herd, in this process's environment plus environ.
+func (e *env) herdCommand(environ []string, args ...string) *exec.Cmd {
+	e.t.Helper()
+	self, err := os.Executable()
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	c := exec.Command(self, e.pullArgs(args...)...)
+	c.Env = append(append(os.Environ(), asHerdEnv+"=1"), environ...)
+	return c
+}
+
+// exitCode is a finished process's exit status from the error its Run or
+// Wait returned (-1 if a signal killed it); any other error fails the test.
+func exitCode(t testing.TB, err error) int {
+	t.Helper()
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+		return 0
+	case errors.As(err, &ee):
+		return ee.ExitCode()
+	default:
+		t.Fatalf("running herd: %v", err)
+		return 0
+	}
+}
+
+// herdExec runs `herd pull` as a separate process (the test binary acting
+// as herd) against the env's store, with the env's default flags, extra
+// environment variables and stdin; its stdin and stdout are pipes, never a
+// terminal, so it is a non-interactive run wherever the tests run. Used
+// where herd must see its own process environment.
+func (e *env) herdExec(environ []string, stdin string, args ...string) run {
+	e.t.Helper()
+	c := e.herdCommand(environ, args...)
+	c.Stdin = strings.NewReader(stdin)
+	var stdout, stderr bytes.Buffer
+	c.Stdout, c.Stderr = &stdout, &stderr
+	code := exitCode(e.t, c.Run())
+	return run{stdout.String(), stderr.String(), code}
+}
+
+// herdProcess is `herd pull` running as a separate process (the test binary
+// acting as herd), so that a test can signal or kill it.
+type herdProcess struct {
+	cmd            *exec.Cmd
+	stdout, stderr bytes.Buffer
+}
+
+// startHerd starts `herd pull` on the env's store with tmp as its TMPDIR
+// (where it keeps its per-run herd-* directory).
+func (e *env) startHerd(tmp string, args ...string) *herdProcess {
+	e.t.Helper()
+	return e.startHerdWith(tmp, func(*exec.Cmd) {}, args...)
+}
+
+// startHerdWith is startHerd with setup applied to the command before it
+// starts.
+func (e *env) startHerdWith(tmp string, setup func(*exec.Cmd), args ...string) *herdProcess {
+	e.t.Helper()
+	p := &herdProcess{cmd: e.herdCommand([]string{"TMPDIR=" + tmp}, args...)}
+	p.cmd.Stdout, p.cmd.Stderr = &p.stdout, &p.stderr
+	setup(p.cmd)
+	if err := p.cmd.Start(); err != nil {
+		e.t.Fatalf("starting herd: %v", err)
+	}
+	return p
+}
+
+// wait waits for the process and returns its exit status (-1 if a signal
+// killed it).
+func (p *herdProcess) wait(t testing.TB) int {
+	t.Helper()
+	return exitCode(t, p.cmd.Wait())
+}
+
+// herdBinary copies the test binary (herd when HERD_TEST_AS_HERD=1) to a
+// directory every user can read, as the test binary's own is not.
+func herdBinary(t *testing.T) string {
+	t.Helper()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, err := os.MkdirTemp("", "herd-bin-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	src, err := os.Open(self)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	bin := filepath.Join(dir, "herd")
+	dst, err := os.OpenFile(bin, os.O_CREATE|os.O_WRONLY, 0o755)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.Copy(dst, src); err != nil {
+		t.Fatal(err)
+	}
+	if err := dst.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return bin
+}
+
+// podmanCommand is Debian's podman (bin) on the env's store (same root,
+// runroot and driver as herd) with the env's registries.conf and a
+// temporary directory of its own.
+func (e *env) podmanCommand(bin string, args ...string) *exec.Cmd {
+	global := []string{"--root", e.root, "--runroot", e.runroot, "--storage-driver", e.driver,
+		"--tmpdir", filepath.Join(e.dir, "podman-tmp"), "--events-backend", "none", "--cgroup-manager", "cgroupfs"}
+	c := exec.Command(bin, append(global, args...)...)
+	c.Env = append(os.Environ(), "CONTAINERS_REGISTRIES_CONF="+e.regconf)
+	return c
+}
+
+// podman runs podmanCommand; it returns standard output and fails the test
+// on an error.
+func (e *env) podman(bin string, args ...string) string {
+	e.t.Helper()
+	c := e.podmanCommand(bin, args...)
+	var stdout, stderr bytes.Buffer
+	c.Stdout, c.Stderr = &stdout, &stderr
+	if err := c.Run(); err != nil {
+		e.t.Fatalf("podman %s: %v\n%s", strings.Join(args, " "), err, stderr.String())
+	}
+	return stdout.String()
 }

@@ -1,18 +1,12 @@
 package tests
 
 import (
-	"archive/tar"
 	"bytes"
-	"compress/gzip"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
-	"net/http/httptest"
-	"net/http/httputil"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -20,152 +14,10 @@ import (
 	"testing"
 
 	digest "github.com/opencontainers/go-digest"
-	imgspecv1 "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/herd-project/herd/tests/internal/testimage"
 	"github.com/herd-project/herd/tests/internal/testregistry"
 )
-
-// Hand-made images go to the registry through its HTTP API, as a client
-// that does not follow the rules would push them: containers/image would
-// refuse to build most of them.
-
-// putBlobRaw uploads data to repo (monolithic POST + PUT upload).
-func putBlobRaw(t *testing.T, reg *testregistry.Registry, repo string, data []byte) digest.Digest {
-	t.Helper()
-	d, err := reg.PutBlob(repo, data)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return d
-}
-
-// putManifestRaw stores body as repo:tag with the given media type.
-func putManifestRaw(t *testing.T, reg *testregistry.Registry, repo, tag, mediaType string, body []byte) {
-	t.Helper()
-	req, _ := http.NewRequest(http.MethodPut, reg.URL+"/v2/"+repo+"/manifests/"+tag, bytes.NewReader(body))
-	req.Header.Set("Content-Type", mediaType)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	msg, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusCreated {
-		t.Fatalf("putting manifest %s:%s: %s %s", repo, tag, resp.Status, msg)
-	}
-}
-
-// rawLayer is one layer of a hand-made image: its gzip blob and the diff ID
-// its config claims for it.
-type rawLayer struct {
-	blob   []byte
-	diffID digest.Digest
-}
-
-// gzipLayer compresses a tar into a layer whose config diff ID is right.
-func gzipLayer(t *testing.T, tarball []byte) rawLayer {
-	t.Helper()
-	var buf bytes.Buffer
-	zw := gzip.NewWriter(&buf)
-	if _, err := zw.Write(tarball); err != nil {
-		t.Fatal(err)
-	}
-	if err := zw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return rawLayer{blob: buf.Bytes(), diffID: digest.FromBytes(tarball)}
-}
-
-// tarOf writes the headers (with data for regular files) as a tar.
-func tarOf(t *testing.T, entries ...tarEntry) []byte {
-	t.Helper()
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	for _, e := range entries {
-		h := e.hdr
-		if h.Mode == 0 {
-			h.Mode = 0o644
-		}
-		if h.Typeflag == tar.TypeReg {
-			h.Size = int64(len(e.data))
-		}
-		if err := tw.WriteHeader(&h); err != nil {
-			t.Fatalf("tar header %q: %v", h.Name, err)
-		}
-		if _, err := tw.Write(e.data); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := tw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
-}
-
-type tarEntry struct {
-	hdr  tar.Header
-	data []byte
-}
-
-func tarFile(name, content string) tarEntry {
-	return tarEntry{hdr: tar.Header{Name: name, Typeflag: tar.TypeReg}, data: []byte(content)}
-}
-func tarSymlink(name, target string) tarEntry {
-	return tarEntry{hdr: tar.Header{Name: name, Typeflag: tar.TypeSymlink, Linkname: target, Mode: 0o777}}
-}
-func tarHardlink(name, target string) tarEntry {
-	return tarEntry{hdr: tar.Header{Name: name, Typeflag: tar.TypeLink, Linkname: target}}
-}
-
-// pushRaw pushes a hand-made OCI image as HOST/repo:tag: its layers, a
-// config (made from the layers' diff IDs unless config is given), and the
-// manifest. It returns the reference.
-func pushRaw(t *testing.T, reg *testregistry.Registry, repo string, layers []rawLayer, config []byte) string {
-	t.Helper()
-	if config == nil {
-		cfg := imgspecv1.Image{
-			Platform: imgspecv1.Platform{OS: "linux", Architecture: "amd64"},
-			RootFS:   imgspecv1.RootFS{Type: "layers"},
-		}
-		for _, l := range layers {
-			cfg.RootFS.DiffIDs = append(cfg.RootFS.DiffIDs, l.diffID)
-		}
-		var err error
-		if config, err = json.Marshal(cfg); err != nil {
-			t.Fatal(err)
-		}
-	}
-	m := imgspecv1.Manifest{MediaType: imgspecv1.MediaTypeImageManifest}
-	m.SchemaVersion = 2
-	m.Config = imgspecv1.Descriptor{MediaType: imgspecv1.MediaTypeImageConfig, Digest: putBlobRaw(t, reg, repo, config), Size: int64(len(config))}
-	for _, l := range layers {
-		m.Layers = append(m.Layers, imgspecv1.Descriptor{MediaType: imgspecv1.MediaTypeImageLayerGzip, Digest: putBlobRaw(t, reg, repo, l.blob), Size: int64(len(l.blob))})
-	}
-	body, err := json.Marshal(m)
-	if err != nil {
-		t.Fatal(err)
-	}
-	putManifestRaw(t, reg, repo, "1", imgspecv1.MediaTypeImageManifest, body)
-	return reg.Host + "/" + repo + ":1"
-}
-
-// rewritingProxy is a plain-HTTP proxy in front of the real registry that
-// passes everything through except the manifests rewrite changes: a
-// registry (or a CDN in front of one) that serves what a registry never
-// stores. It returns the proxy's host.
-func rewritingProxy(t *testing.T, reg *testregistry.Registry, rewrite func(path string, resp *http.Response) error) string {
-	t.Helper()
-	target, err := url.Parse(reg.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := httputil.NewSingleHostReverseProxy(target)
-	p.ModifyResponse = func(resp *http.Response) error { return rewrite(resp.Request.URL.Path, resp) }
-	srv := httptest.NewServer(p)
-	t.Cleanup(srv.Close)
-	return strings.TrimPrefix(srv.URL, "http://")
-}
 
 // snapshotOutsideStore records every file under the env's directory that
 // is not the store's (root, runroot), herd's blob-info cache beside it

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -13,23 +12,6 @@ import (
 	"github.com/herd-project/herd/tests/internal/testimage"
 	"github.com/herd-project/herd/tests/internal/testregistry"
 )
-
-// podman runs Debian's podman on the env's store (same root, runroot and
-// driver as herd) with the env's registries.conf and a temporary directory
-// of its own; it returns standard output and fails the test on an error.
-func (e *env) podman(bin string, args ...string) string {
-	e.t.Helper()
-	global := append([]string{"--root", e.root, "--runroot", e.runroot, "--storage-driver", e.driver,
-		"--tmpdir", filepath.Join(e.dir, "podman-tmp"), "--events-backend", "none", "--cgroup-manager", "cgroupfs"}, args...)
-	c := exec.Command(bin, global...)
-	c.Env = append(os.Environ(), "CONTAINERS_REGISTRIES_CONF="+e.regconf)
-	var stdout, stderr bytes.Buffer
-	c.Stdout, c.Stderr = &stdout, &stderr
-	if err := c.Run(); err != nil {
-		e.t.Fatalf("podman %s: %v\n%s", strings.Join(args, " "), err, stderr.String())
-	}
-	return stdout.String()
-}
 
 // podmanImages is `podman images` as ID → names.
 func (e *env) podmanImages(bin string) map[string][]string {
@@ -64,8 +46,7 @@ func (e *env) podmanImages(bin string) map[string][]string {
 // look layers up by TOC digest): the test checks that podman reads and
 // re-pulls it as the same image, and reports what it fetched.
 func TestPodmanInterop(t *testing.T) {
-	needRoot(t, "podman on a store under /tmp")
-	podman := needTools(t, map[string]string{"podman": "podman"})["podman"]
+	podman := podmanBinary(t)
 	e := newEnv(t, testregistry.Options{})
 	type fixture struct {
 		name, compression string

@@ -1,14 +1,12 @@
 package tests
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"math/rand"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -24,99 +22,6 @@ import (
 	"github.com/herd-project/herd/tests/internal/testregistry"
 )
 
-// herdProcess is `herd pull` running as a separate process (the test binary
-// acting as herd), so that a test can signal or kill it.
-type herdProcess struct {
-	cmd            *exec.Cmd
-	stdout, stderr bytes.Buffer
-}
-
-// startHerd starts `herd pull` on the env's store with tmp as its TMPDIR
-// (where it keeps its per-run herd-* directory).
-func (e *env) startHerd(tmp string, args ...string) *herdProcess {
-	e.t.Helper()
-	return e.startHerdWith(tmp, func(*exec.Cmd) {}, args...)
-}
-
-// startHerdWith is startHerd with setup applied to the command before it
-// starts.
-func (e *env) startHerdWith(tmp string, setup func(*exec.Cmd), args ...string) *herdProcess {
-	e.t.Helper()
-	self, err := os.Executable()
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	full := append([]string{"pull"}, e.storeArgs()...)
-	full = append(full, "--signature-policy", e.policy, "--registries-conf", e.regconf, "--tls-verify=false")
-	p := &herdProcess{cmd: exec.Command(self, append(full, args...)...)}
-	p.cmd.Env = append(os.Environ(), asHerdEnv+"=1", "TMPDIR="+tmp)
-	p.cmd.Stdout, p.cmd.Stderr = &p.stdout, &p.stderr
-	setup(p.cmd)
-	if err := p.cmd.Start(); err != nil {
-		e.t.Fatalf("starting herd: %v", err)
-	}
-	return p
-}
-
-// wait waits for the process and returns its exit status (-1 if a signal
-// killed it).
-func (p *herdProcess) wait(t testing.TB) int {
-	t.Helper()
-	err := p.cmd.Wait()
-	var ee *exec.ExitError
-	switch {
-	case err == nil:
-		return 0
-	case errors.As(err, &ee):
-		return ee.ExitCode()
-	default:
-		t.Fatalf("waiting for herd: %v", err)
-		return 0
-	}
-}
-
-// overlayProbeDir matches the temporary directories the overlay driver
-// makes in its home to probe kernel features (drivers/overlay/check.go,
-// overlay.go: compat*, opaque-bug-check*, metacopy-check*, volatile-check*)
-// the first time a store is used after boot, and removes again right away.
-var overlayProbeDir = regexp.MustCompile(`^(compat|opaque-bug-check|metacopy-check|volatile-check)[0-9]+$`)
-
-// checkStoreAfterKill is checkStore for a store whose writer was SIGKILLed.
-// It also tolerates one report that is containers/storage's, not herd's: a
-// kill during the overlay driver's feature probe, before herd has touched
-// anything, leaves the probe's directory in the driver's home, and Check
-// reports it as a layer the driver has but the store does not account for;
-// the next run removes it (cmd/leftovers.go, TestEarlyKillLeavesNothingAfterRerun).
-// It returns how many of those it found.
-func checkStoreAfterKill(t *testing.T, s storage.Store) int {
-	t.Helper()
-	report, err := s.Check(storage.CheckEverything())
-	if err != nil {
-		t.Fatalf("checking the store: %v", err)
-	}
-	leftovers := 0
-	for id, errs := range report.Layers {
-		var real []error
-		for _, err := range withoutPartialPullMtimes(s, id, errs) {
-			if errors.Is(err, storage.ErrLayerUnaccounted) && overlayProbeDir.MatchString(id) {
-				leftovers++
-				continue
-			}
-			real = append(real, err)
-		}
-		if len(real) > 0 {
-			t.Errorf("store check: layer %s: %v", id, real)
-		}
-	}
-	for id, errs := range report.Images {
-		t.Errorf("store check: image %s: %v", id, errs)
-	}
-	for id, errs := range report.ROLayers {
-		t.Errorf("store check: read-only layer %s: %v", id, errs)
-	}
-	return leftovers
-}
-
 // waitRegistryQuiet returns once the registry has served no blob byte for
 // 200ms. A killed client's GETs go on being served (and counted) until the
 // registry notices the connection is gone, which takes a moment.
@@ -130,16 +35,6 @@ func waitRegistryQuiet(reg *testregistry.Registry) {
 			quiet++
 		}
 	}
-}
-
-// herdTempDirs lists the herd-* directories in tmp.
-func herdTempDirs(t testing.TB, tmp string) []string {
-	t.Helper()
-	dirs, err := filepath.Glob(filepath.Join(tmp, "herd-*"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return dirs
 }
 
 // verifyStoreAfterCrash runs containers/storage's own check, and checks
@@ -185,14 +80,9 @@ func (e *env) verifyStoreAfterCrash(t *testing.T, images []testimage.Pushed) (ma
 			t.Errorf("image record %s (names %v) is none of the images pulled", img.ID, img.Names)
 			continue
 		}
-		var chain []digest.Digest
-		for id := img.TopLayer; id != ""; {
-			l, err := st.Layer(id)
-			if err != nil {
-				t.Fatalf("unnamed image record %s (%s): layer %s is missing: %v", img.ID, p.Ref, id, err)
-			}
-			chain = append([]digest.Digest{l.UncompressedDigest}, chain...)
-			id = l.Parent
+		chain, err := diffIDChain(st, img.TopLayer)
+		if err != nil {
+			t.Fatalf("unnamed image record %s (%s): %v", img.ID, p.Ref, err)
 		}
 		if fmt.Sprint(chain) != fmt.Sprint(p.DiffIDs) {
 			t.Errorf("unnamed image record %s (%s): layer chain %v, config diff_ids %v", img.ID, p.Ref, chain, p.DiffIDs)
@@ -267,7 +157,7 @@ func TestKilledRunLeavesStoreConsistent(t *testing.T) {
 		for _, img := range images {
 			e.verifyImage(img)
 		}
-		for _, l := range distinctLayers(images...) {
+		for _, l := range testimage.DistinctLayers(images...) {
 			served := e.reg.BlobBytes(l.Digest)
 			if committed[l.Digest] && served != 0 {
 				t.Errorf("trial %d: blob %s was committed before the kill, yet the rerun fetched %d bytes of it", trial, l.Digest, served)
@@ -457,23 +347,6 @@ func TestEarlyKillLeavesNothingAfterRerun(t *testing.T) {
 		}
 	}
 	t.Logf("%d probe directories left by the kills, all removed by the reruns: %v", len(left), left)
-}
-
-// overlayProbeDirs lists the feature-probe directories in the env's store's
-// overlay home (none with another driver).
-func overlayProbeDirs(t testing.TB, e *env) []string {
-	t.Helper()
-	entries, err := os.ReadDir(filepath.Join(e.root, e.driver))
-	if err != nil && !os.IsNotExist(err) {
-		t.Fatal(err)
-	}
-	var out []string
-	for _, ent := range entries {
-		if overlayProbeDir.MatchString(ent.Name()) {
-			out = append(out, ent.Name())
-		}
-	}
-	return out
 }
 
 // herd's sweep of probe directories (cmd/leftovers.go) leaves them alone

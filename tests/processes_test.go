@@ -23,39 +23,6 @@ import (
 // Issue 14: herd processes on one store share their fetches through the
 // blob locks beside it (commit/locks.go).
 
-// herdGets counts, per blob, the GETs that herd processes (by User-Agent)
-// sent; podman's are not counted. Ranged GETs of a partial pull count once
-// per blob and process: what matters is how many processes fetched it.
-type herdGets struct {
-	mu   sync.Mutex
-	gets map[digest.Digest]int
-}
-
-func (e *env) countHerdGets() *herdGets {
-	h := &herdGets{gets: map[digest.Digest]int{}}
-	e.reg.SetBlobHook(func(w http.ResponseWriter, req *http.Request, d digest.Digest) bool {
-		if strings.HasPrefix(req.UserAgent(), "herd/") && req.Header.Get("Range") == "" {
-			h.mu.Lock()
-			h.gets[d]++
-			h.mu.Unlock()
-		}
-		return false
-	})
-	return h
-}
-
-func (h *herdGets) reset() {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	h.gets = map[digest.Digest]int{}
-}
-
-func (h *herdGets) get(d digest.Digest) int {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return h.gets[d]
-}
-
 // startHerdLive is startHerd with a standard error the test may read while
 // herd runs.
 func (e *env) startHerdLive(tmp string, stderr *syncBuffer, args ...string) *herdProcess {
@@ -115,7 +82,7 @@ func TestTwoProcessesFetchEachBlobOnce(t *testing.T) {
 					}
 				}
 				waitedForOther := 0
-				for _, l := range distinctLayers(images...) {
+				for _, l := range testimage.DistinctLayers(images...) {
 					if got := e.reg.BlobBytes(l.Digest); got == 0 || got > servedOnceBound(comp, l.Size) {
 						t.Errorf("round %d: blob %s (%d bytes) served %d bytes in %d requests across both processes, want once",
 							round, l.Digest, l.Size, got, e.reg.BlobGets(l.Digest))

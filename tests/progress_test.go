@@ -6,19 +6,13 @@ package tests
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
-	"os"
 	"os/exec"
 	"regexp"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/creack/pty"
-	"github.com/hinshun/vt10x"
 
 	"github.com/herd-project/herd/progress"
 	"github.com/herd-project/herd/tests/internal/testimage"
@@ -29,56 +23,24 @@ import (
 // acting as herd) whose standard error is a pseudo-terminal, so herd draws
 // its bars there; standard output is a pipe.
 type ttyHerd struct {
-	cmd        *exec.Cmd
-	ptm        *os.File
-	cols, rows int
-	stdout     bytes.Buffer
-	mu         sync.Mutex
-	raw        bytes.Buffer // everything herd wrote on the terminal
-	read       chan struct{}
+	cmd    *exec.Cmd
+	term   *terminal
+	stdout bytes.Buffer
 }
 
 func (e *env) startOnTerminal(cols, rows int, args ...string) *ttyHerd {
 	e.t.Helper()
-	self, err := os.Executable()
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	ptm, pts, err := pty.Open()
-	if err != nil {
-		e.t.Fatalf("opening a pseudo-terminal: %v", err)
-	}
-	if err := pty.Setsize(ptm, &pty.Winsize{Cols: uint16(cols), Rows: uint16(rows)}); err != nil {
-		e.t.Fatal(err)
-	}
-	full := append([]string{"pull"}, e.storeArgs()...)
-	full = append(full, e.defaultFlags()...)
-	h := &ttyHerd{cmd: exec.Command(self, append(full, args...)...), ptm: ptm, cols: cols, rows: rows, read: make(chan struct{})}
-	h.cmd.Env = append(os.Environ(), asHerdEnv+"=1", "TERM=xterm")
-	h.cmd.Stdout, h.cmd.Stderr = &h.stdout, pts
+	h := &ttyHerd{cmd: e.herdCommand([]string{"TERM=xterm"}, args...), term: openTerminal(e.t, cols, rows)}
+	h.cmd.Stdout, h.cmd.Stderr = &h.stdout, h.term.pts
 	if err := h.cmd.Start(); err != nil {
 		e.t.Fatalf("starting herd: %v", err)
 	}
-	pts.Close() // the child has it; reads end (EIO) when the child is gone
-	go func() {
-		defer close(h.read)
-		buf := make([]byte, 32*1024)
-		for {
-			n, err := ptm.Read(buf)
-			h.mu.Lock()
-			h.raw.Write(buf[:n])
-			h.mu.Unlock()
-			if err != nil {
-				return
-			}
-		}
-	}()
+	h.term.pts.Close() // the child has it; the terminal closes when the child is gone
 	e.t.Cleanup(func() {
 		if h.cmd.ProcessState == nil {
 			_ = h.cmd.Process.Kill()
 			_ = h.cmd.Wait()
 		}
-		ptm.Close()
 	})
 	return h
 }
@@ -87,92 +49,8 @@ func (e *env) startOnTerminal(cols, rows int, args ...string) *ttyHerd {
 // wrote on the terminal.
 func (h *ttyHerd) wait(t *testing.T) (int, []byte) {
 	t.Helper()
-	err := h.cmd.Wait()
-	code := 0
-	if err != nil {
-		var ee *exec.ExitError
-		if !errors.As(err, &ee) {
-			t.Fatalf("waiting for herd: %v", err)
-		}
-		code = ee.ExitCode()
-	}
-	select {
-	case <-h.read:
-	case <-time.After(10 * time.Second):
-		t.Fatal("the terminal was not closed 10s after herd exited")
-	}
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return code, bytes.Clone(h.raw.Bytes())
-}
-
-// redraw is how mpb starts each frame: the cursor goes up over the previous
-// frame and clears down.
-var redraw = regexp.MustCompile(`\x1b\[\d+A\x1b\[J`)
-
-// escapes is every escape sequence herd may send the terminal: mpb's redraw.
-var escapes = regexp.MustCompile(`\x1b\[[0-9;?]*[A-Za-z]`)
-
-// screens replays raw through a terminal emulator of cols x rows and returns
-// the screen as it stood before each redraw (every frame herd drew) and at
-// the end. Lines are right-trimmed; trailing empty lines dropped.
-func screens(t *testing.T, raw []byte, cols, rows int) (frames [][]string, final []string) {
-	t.Helper()
-	for _, esc := range escapes.FindAll(raw, -1) {
-		if !redraw.Match(esc) && !regexp.MustCompile(`^\x1b\[J$`).Match(esc) && !regexp.MustCompile(`^\x1b\[\d+A$`).Match(esc) {
-			t.Errorf("herd sent the terminal the escape sequence %q; the test's emulator only knows mpb's redraw", esc)
-		}
-	}
-	vt := vt10x.New(vt10x.WithSize(cols, rows))
-	prev := 0
-	for _, m := range redraw.FindAllIndex(raw, -1) {
-		if _, err := vt.Write(raw[prev:m[0]]); err != nil {
-			t.Fatal(err)
-		}
-		prev = m[0]
-		frames = append(frames, screenLines(vt))
-	}
-	if _, err := vt.Write(raw[prev:]); err != nil {
-		t.Fatal(err)
-	}
-	return frames, screenLines(vt)
-}
-
-// vtWrapped is vt10x's attrWrap: the mode bit it sets on the last cell of a
-// row whose text went on to the next row.
-const vtWrapped = 1 << 6
-
-// screenLines is the screen's text, one string per line as written: rows
-// joined where the text wrapped, right-trimmed, trailing empty lines
-// dropped. Wrapped lines get a "\x00" at the end, so that checks can tell
-// them (only log lines and final lines above the bars may wrap).
-func screenLines(vt vt10x.Terminal) []string {
-	vt.Lock()
-	defer vt.Unlock()
-	cols, rows := vt.Size()
-	var lines []string
-	var cur strings.Builder
-	wrapped := false
-	for y := range rows {
-		for x := range cols {
-			cur.WriteRune(vt.Cell(x, y).Char)
-		}
-		if vt.Cell(cols-1, y).Mode&vtWrapped != 0 {
-			wrapped = true
-			continue
-		}
-		line := strings.TrimRight(cur.String(), " \x00")
-		if wrapped {
-			line += "\x00"
-		}
-		lines = append(lines, line)
-		cur.Reset()
-		wrapped = false
-	}
-	for len(lines) > 0 && lines[len(lines)-1] == "" {
-		lines = lines[:len(lines)-1]
-	}
-	return lines
+	code := exitCode(t, h.cmd.Wait())
+	return code, h.term.wait(t)
 }
 
 // imageLines finds the line of each image on a screen: a line that starts
@@ -302,9 +180,7 @@ func TestTerminalInterrupted(t *testing.T) {
 			// the terminal (the total line's "N/M done" is there from the start).
 			finished := "done " + done.ConfigDigest.Encoded()[:12]
 			for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-				h.mu.Lock()
-				shown := strings.Contains(h.raw.String(), finished)
-				h.mu.Unlock()
+				shown := strings.Contains(h.term.written(), finished)
 				if shown {
 					break
 				}
@@ -516,12 +392,4 @@ func TestJSONSummaryMatchesRegistry(t *testing.T) {
 	if n := e.layerBytes(all...); n != 0 {
 		t.Errorf("second run: the registry served %d bytes of layers already in the store", n)
 	}
-}
-
-func sumSizes(layers []progress.LayerSummary) int64 {
-	var n int64
-	for _, l := range layers {
-		n += l.Size
-	}
-	return n
 }

@@ -2,7 +2,6 @@ package tests
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/http"
 	"strings"
@@ -12,23 +11,12 @@ import (
 
 	digest "github.com/opencontainers/go-digest"
 	"github.com/spf13/pflag"
-	"go.podman.io/storage"
 
 	"github.com/herd-project/herd/cmd"
 	"github.com/herd-project/herd/pull"
 	"github.com/herd-project/herd/tests/internal/testimage"
 	"github.com/herd-project/herd/tests/internal/testregistry"
 )
-
-const kib = 1024
-
-// base, mid and own layers shaped like a small real image.
-var (
-	baseLayer = testimage.RandomLayer(1, 12, 16*kib)
-	midLayer  = testimage.RandomLayer(2, 8, 16*kib)
-)
-
-func ownLayer(seed int64) testimage.Layer { return testimage.RandomLayer(100+seed, 4, 8*kib) }
 
 // Issue 2, tests 1 and 2: several images in each compression land in an
 // empty store, correct and readable; a second run fetches no layer bytes.
@@ -175,19 +163,6 @@ func TestDuplicateInputsPulledOnce(t *testing.T) {
 	}
 }
 
-func containsAll(have []string, want ...string) bool {
-	set := map[string]bool{}
-	for _, h := range have {
-		set[h] = true
-	}
-	for _, w := range want {
-		if !set[w] {
-			return false
-		}
-	}
-	return true
-}
-
 // Every layer is committed as soon as it lands: while the top layer's blob
 // is held back at the registry, the lower layers are already in the store.
 func TestLayersCommittedAsTheyLand(t *testing.T) {
@@ -234,16 +209,6 @@ func TestLayersCommittedAsTheyLand(t *testing.T) {
 			e.verifyImage(p)
 		})
 	}
-}
-
-func lowerCommitted(s storage.Store, diffIDs []digest.Digest) bool {
-	for _, d := range diffIDs {
-		layers, err := s.LayersByUncompressedDigest(d)
-		if err != nil && !errors.Is(err, storage.ErrLayerUnknown) || len(layers) == 0 {
-			return false
-		}
-	}
-	return true
 }
 
 // Issue 2, test 6: --help documents every flag; usage errors exit 2.

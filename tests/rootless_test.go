@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"os/user"
@@ -20,35 +19,6 @@ import (
 	"github.com/herd-project/herd/tests/internal/testimage"
 	"github.com/herd-project/herd/tests/internal/testregistry"
 )
-
-// needTools returns the paths of tools a test needs (tool → Debian
-// package). Outside CI a missing tool skips the test; in CI it fails it.
-func needTools(t *testing.T, tools map[string]string) map[string]string {
-	t.Helper()
-	paths := map[string]string{}
-	for tool, pkg := range tools {
-		p, err := exec.LookPath(tool)
-		if err != nil {
-			if inCI {
-				t.Fatalf("CI must provide %s (apt package %s): %v", tool, pkg, err)
-			}
-			t.Skipf("%s not found (apt package %s); CI runs this test", tool, pkg)
-		}
-		paths[tool] = p
-	}
-	return paths
-}
-
-// needRoot skips (fails in CI) unless the test runs as root.
-func needRoot(t *testing.T, why string) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		if inCI {
-			t.Fatalf("CI runs the tests as root, which %s needs", why)
-		}
-		t.Skipf("not root: %s needs root; CI runs this test", why)
-	}
-}
 
 // rootlessUserName is the unprivileged user the rootless test creates (once
 // per machine) and runs herd and podman as.
@@ -197,41 +167,6 @@ func (u *unprivilegedUser) command(name string, stdin string, extraEnv []string,
 	c.Stdin = strings.NewReader(stdin)
 	c.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(u.uid), Gid: uint32(u.gid), Groups: []uint32{}}}
 	return c
-}
-
-// herdBinary copies the test binary (herd when HERD_TEST_AS_HERD=1) to a
-// directory every user can read, as the test binary's own is not.
-func herdBinary(t *testing.T) string {
-	t.Helper()
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir, err := os.MkdirTemp("", "herd-bin-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	src, err := os.Open(self)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer src.Close()
-	bin := filepath.Join(dir, "herd")
-	dst, err := os.OpenFile(bin, os.O_CREATE|os.O_WRONLY, 0o755)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := io.Copy(dst, src); err != nil {
-		t.Fatal(err)
-	}
-	if err := dst.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return bin
 }
 
 // Issue 5, test 7: an unprivileged user with subordinate ids runs herd with

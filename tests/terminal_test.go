@@ -1,64 +1,18 @@
 package tests
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/creack/pty"
 	digest "github.com/opencontainers/go-digest"
 
 	"github.com/herd-project/herd/progress"
 	"github.com/herd-project/herd/pull"
 )
-
-// onTerminal runs draw with a terminal display on a pseudo-terminal of
-// cols×rows, and returns what was written to it and the frames drawn, once
-// draw has closed the display.
-func onTerminal(t *testing.T, cols, rows int, draw func(d progress.Display)) (written []byte, drawn [][]string) {
-	t.Helper()
-	ptm, pts, err := pty.Open()
-	if err != nil {
-		t.Fatalf("opening a pseudo-terminal: %v", err)
-	}
-	defer ptm.Close()
-	if err := pty.Setsize(ptm, &pty.Winsize{Cols: uint16(cols), Rows: uint16(rows)}); err != nil {
-		t.Fatal(err)
-	}
-	var mu sync.Mutex
-	var raw bytes.Buffer
-	read := make(chan struct{})
-	go func() {
-		defer close(read)
-		buf := make([]byte, 32*1024)
-		for {
-			k, err := ptm.Read(buf)
-			mu.Lock()
-			raw.Write(buf[:k])
-			mu.Unlock()
-			if err != nil {
-				return
-			}
-		}
-	}()
-	draw(progress.NewTerminal(pts))
-	pts.Close()
-	select {
-	case <-read:
-	case <-time.After(10 * time.Second):
-		t.Fatal("the terminal was not closed")
-	}
-	mu.Lock()
-	written = bytes.Clone(raw.Bytes())
-	mu.Unlock()
-	fs, final := screens(t, written, cols, rows)
-	return written, append(fs, final)
-}
 
 // 30 images with long names on an 80x16 terminal stay readable: the live
 // area never outgrows the terminal (images beyond it are counted on the

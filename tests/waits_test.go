@@ -31,20 +31,6 @@ import (
 // way: by the stall watchdog (an attempt abandoned, a retry), or with an
 // end that says the owner failed when it did not.
 
-// summaryWithin is e.summary, failing the test if herd has not returned
-// within limit: a wait that never ends is a deadlock, and the suite should
-// say so, not run into its own timeout.
-func (e *env) summaryWithin(limit time.Duration, args ...string) (progress.Summary, run) {
-	e.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), limit)
-	defer cancel()
-	r := e.herdContext(ctx, nil, append([]string{"--format", "json"}, args...)...)
-	if ctx.Err() != nil {
-		e.t.Fatalf("herd did not finish within %s (a wait that never ends?)\n%s", limit, r.stderr)
-	}
-	return e.parseSummary(r), r
-}
-
 // checkCleanWaits fails unless every image of s was pulled in one attempt,
 // no transfer was abandoned as stalled, and every wait ended because the
 // layer reached the store (committed, store, reused).
@@ -122,7 +108,7 @@ func TestPreseededStoreWaitsEndWithoutTimeout(t *testing.T) {
 		s, r := e.summaryWithin(2*time.Minute, append([]string{"-j", strconv.Itoa(jobs)}, refs(gz...)...)...)
 		waits := checkCleanWaits(t, s, r, what)
 		served, unique := int64(0), int64(0)
-		for _, l := range distinctLayers(gz...) {
+		for _, l := range testimage.DistinctLayers(gz...) {
 			got := e.reg.BlobBytes(l.Digest)
 			served += got
 			unique += l.Size

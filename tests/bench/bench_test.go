@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"image/png"
+	"io"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -135,6 +136,42 @@ func TestBenchQuick(t *testing.T) {
 	if stdout2.String() != table {
 		t.Errorf("bench -from results.json printed a different report:\n%s", stdout2.String())
 	}
+}
+
+// The README's benchmark table stands between these lines.
+const (
+	readmeTableStart = "<!-- bench table: as bench prints it for tests/bench/testdata/readme-results.json (TestReadmeTable) -->\n"
+	readmeTableEnd   = "<!-- end bench table -->\n"
+)
+
+// TestReadmeTable checks that README.md's benchmark table is, to the
+// letter, the table bench prints for the run it shows, whose results.json
+// is kept as testdata/readme-results.json: the table cannot be edited by
+// hand nor miss a column the report has.
+func TestReadmeTable(t *testing.T) {
+	readme, err := os.ReadFile(filepath.Join("..", "..", "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, ok := strings.Cut(string(readme), readmeTableStart)
+	inReadme, _, ok2 := strings.Cut(rest, readmeTableEnd)
+	if !ok || !ok2 {
+		t.Fatalf("README.md has no benchmark table between %q and %q", readmeTableStart, readmeTableEnd)
+	}
+	cfg, err := parseFlags([]string{"-from", filepath.Join("testdata", "readme-results.json")}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := loadResults(cfg.from, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want strings.Builder
+	res.table(&want)
+	if inReadme != want.String() {
+		t.Errorf("README.md's benchmark table is not bench's for testdata/readme-results.json; between the markers it should read:\n%s", want.String())
+	}
+	parseTable(t, inReadme) // and every row has the report's columns
 }
 
 // tableRow holds one parsed row's figures.

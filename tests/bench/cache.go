@@ -10,8 +10,6 @@ import (
 	"path/filepath"
 	"strings"
 
-	digest "github.com/opencontainers/go-digest"
-
 	"github.com/herd-project/herd/tests/internal/testimage"
 	"github.com/herd-project/herd/tests/internal/testregistry"
 )
@@ -20,30 +18,24 @@ import (
 // an old cache is never mistaken for the current sets.
 const cacheVersion = 1
 
-// cachedImage is one pullable reference of a set, as pushed.
-type cachedImage struct {
-	Ref    string       `json:"ref"` // "set/compression/repo:tag", without the registry host
-	Layers []cachedBlob `json:"layers"`
-}
-
-type cachedBlob struct {
-	Digest digest.Digest `json:"digest"`
-	Size   int64         `json:"size"`
-}
-
 // imageCache is a registry directory holding every set pushed so far, in
 // each compression, plus an index of what it holds. Generating and
 // compressing the layers is the slow part of a benchmark (minutes for the
 // full sets); starting a registry on the directory is instant, so every
 // network setting gets its own registry over the same content.
 type imageCache struct {
-	dir   string // registry/ and sets.json
-	sets  map[string][]cachedImage
+	dir string // registry/ and sets.json
+	// sets holds each set's images as pushed, by setKey; their Refs are
+	// "set/compression/repo:tag", without the registry host, as every
+	// registry serving the cache listens on a port of its own. (A sets.json
+	// written before, with only "ref" and the layers' "digest" and "size",
+	// reads into these too: encoding/json matches keys regardless of case.)
+	sets  map[string][]testimage.Pushed
 	scale scale
 }
 
 func openCache(dir string, sc scale, name string) (*imageCache, error) {
-	c := &imageCache{dir: filepath.Join(dir, fmt.Sprintf("%s-v%d", name, cacheVersion)), sets: map[string][]cachedImage{}, scale: sc}
+	c := &imageCache{dir: filepath.Join(dir, fmt.Sprintf("%s-v%d", name, cacheVersion)), sets: map[string][]testimage.Pushed{}, scale: sc}
 	if err := os.MkdirAll(c.registryDir(), 0o755); err != nil {
 		return nil, fmt.Errorf("creating the image cache: %w", err)
 	}
@@ -97,7 +89,7 @@ func (c *imageCache) ensure(ctx context.Context, sets, compressions []string, lo
 		if err != nil {
 			return err
 		}
-		var images []cachedImage
+		var images []testimage.Pushed
 		for _, spec := range specs {
 			for _, tag := range spec.tags {
 				path := fmt.Sprintf("%s/%s/%s:%s", set, strings.ReplaceAll(comp, ":", "-"), spec.repo, tag)
@@ -105,11 +97,8 @@ func (c *imageCache) ensure(ctx context.Context, sets, compressions []string, lo
 				if err != nil {
 					return err
 				}
-				img := cachedImage{Ref: path}
-				for _, l := range p.Layers {
-					img.Layers = append(img.Layers, cachedBlob{Digest: l.Digest, Size: l.Size})
-				}
-				images = append(images, img)
+				p.Ref = path
+				images = append(images, p)
 			}
 		}
 		c.sets[setKey(set, comp)] = images
@@ -126,19 +115,4 @@ func (c *imageCache) ensure(ctx context.Context, sets, compressions []string, lo
 		}
 	}
 	return nil
-}
-
-// uniqueLayers returns each distinct layer blob of images once.
-func uniqueLayers(images []cachedImage) []cachedBlob {
-	seen := map[digest.Digest]bool{}
-	var out []cachedBlob
-	for _, img := range images {
-		for _, l := range img.Layers {
-			if !seen[l.Digest] {
-				seen[l.Digest] = true
-				out = append(out, l)
-			}
-		}
-	}
-	return out
 }

@@ -23,11 +23,12 @@ import (
 	"strconv"
 	"strings"
 
-	"go.podman.io/storage"
 	"go.podman.io/storage/pkg/reexec"
-	storagetypes "go.podman.io/storage/types"
 
+	"github.com/herd-project/herd/cmd"
+	"github.com/herd-project/herd/tests/internal/testimage"
 	"github.com/herd-project/herd/tests/internal/testregistry"
+	"github.com/herd-project/herd/tests/internal/teststore"
 )
 
 func main() {
@@ -161,11 +162,12 @@ type scenario struct {
 }
 
 // standardPlan is what `make bench` runs: every target of the project at
-// least once. With 3 runs it takes about 50 minutes on 2 shared cores (plus
-// ~5 to build the image cache the first time): plaincopy and podman fetch
-// and decompress up to 3-10x the set's bytes, and every row is 3 runs. The -j sweep (the plot) is on
-// the fleet; the slow 20 MiB/s link, the 16-image fleet (herd's peak RSS
-// target), the one-image-many-tags and the similar-images cases run at -j 4.
+// least once. It took 74 minutes on 2 cores when last run in full (README,
+// "Benchmark"; with fewer contenders than now): plaincopy and podman fetch
+// and decompress up to 3-10x the set's bytes, and every row is 3 runs. The
+// -j sweep (the plot) is on the fleet; the slow 20 MiB/s link, the 16-image
+// fleet (herd's peak RSS target), the one-image-many-tags and the
+// similar-images cases run at -j 4.
 var standardPlan = []scenario{
 	{set: "fleet", limit: 0, jobs: []int{2, 4, 8}},
 	{set: "fleet", limit: 100 * mib, jobs: []int{2, 4, 8}},
@@ -271,11 +273,7 @@ func (cfg *config) prepare() error {
 	}
 
 	if cfg.work == "" {
-		base := os.Getenv("TMPDIR")
-		if base == "" {
-			base = "/var/tmp"
-		}
-		cfg.work = base
+		cfg.work = cmd.TempDir() // where herd stages blobs: a disk, not a tmpfs /tmp
 	}
 	// No ':' in store paths: overlay's mount options use it as a separator.
 	dir, err := os.MkdirTemp(cfg.work, "herd-bench-")
@@ -286,7 +284,11 @@ func (cfg *config) prepare() error {
 		return fmt.Errorf("-work %s: store paths must not contain ':' (overlay cannot mount them)", dir)
 	}
 	cfg.work = dir
-	cfg.driver = storeDriver(dir)
+	cfg.driver = "overlay"
+	if err := teststore.CheckOverlay(dir); err != nil {
+		cfg.driver = "vfs" // much slower: the table says which
+		cfg.logf("using the vfs driver: overlay is unavailable here: %v", err)
+	}
 	cfg.policy = filepath.Join(dir, "policy.json")
 	if err := os.WriteFile(cfg.policy, []byte(`{"default":[{"type":"insecureAcceptAnything"}]}`), 0o644); err != nil {
 		return err
@@ -297,22 +299,6 @@ func (cfg *config) prepare() error {
 	conf := fmt.Sprintf("[storage]\ndriver = %q\ngraphroot = %q\nrunroot = %q\n\n[storage.options]\npull_options = {enable_partial_images = \"true\"}\n",
 		cfg.driver, filepath.Join(dir, "default-root"), filepath.Join(dir, "default-run"))
 	return os.WriteFile(cfg.storageConf, []byte(conf), 0o644)
-}
-
-// storeDriver is overlay when this process can use it (root, a kernel with
-// overlay), else vfs, which is much slower: the table says which.
-func storeDriver(dir string) string {
-	if os.Geteuid() != 0 {
-		return "vfs"
-	}
-	probe := filepath.Join(dir, "probe")
-	defer os.RemoveAll(probe)
-	s, err := storage.GetStore(storagetypes.StoreOptions{GraphRoot: probe + "/root", RunRoot: probe + "/run", GraphDriverName: "overlay"})
-	if err != nil {
-		return "vfs"
-	}
-	_, _ = s.Shutdown(true)
-	return "overlay"
 }
 
 // run builds or reuses the image sets, runs the whole matrix and reports.
@@ -346,10 +332,9 @@ func run(ctx context.Context, cfg *config, stdout io.Writer) error {
 	res := &results{cfg: cfg, cells: map[rowKey][]measurement{}, unique: map[string]int64{}, images: map[string]int{}}
 	for _, set := range cfg.sets {
 		for _, comp := range cfg.compressions {
-			res.images[setKey(set, comp)] = len(cache.sets[setKey(set, comp)])
-			for _, l := range uniqueLayers(cache.sets[setKey(set, comp)]) {
-				res.unique[setKey(set, comp)] += l.Size
-			}
+			images := cache.sets[setKey(set, comp)]
+			res.images[setKey(set, comp)] = len(images)
+			res.unique[setKey(set, comp)] = testimage.UniqueLayerBytes(images...)
 		}
 	}
 	// One registry per link setting, all serving the cache's directory.
@@ -382,7 +367,7 @@ func run(ctx context.Context, cfg *config, stdout io.Writer) error {
 					// benchmark falls on all of them alike.
 					for k := range contenders {
 						c := contenders[(k+i)%len(contenders)]
-						var seed []cachedImage
+						var seed []testimage.Pushed
 						if c.name == "herd-preseeded" {
 							seed = preseed(cache, sc.set, comp)
 						}
@@ -404,7 +389,7 @@ func run(ctx context.Context, cfg *config, stdout io.Writer) error {
 // middle one) in another compression, so that the store holds some of the
 // layers the pull needs under other blob digests, as after an earlier pull
 // of the same images as zstd, a podman load or a local build (issue 10).
-func preseed(cache *imageCache, set, comp string) []cachedImage {
+func preseed(cache *imageCache, set, comp string) []testimage.Pushed {
 	other := "zstd:chunked"
 	if comp != "gzip" {
 		other = "gzip"
@@ -413,7 +398,7 @@ func preseed(cache *imageCache, set, comp string) []cachedImage {
 	if len(images) == 0 {
 		return nil
 	}
-	return []cachedImage{images[0], images[len(images)/2]}
+	return []testimage.Pushed{images[0], images[len(images)/2]}
 }
 
 // herdContenders are the contenders that run herd, in table order.

@@ -166,8 +166,32 @@ func (res *results) markdown(b *strings.Builder) {
 	if cfg.podmanNote != "" {
 		fmt.Fprintf(b, "- %s\n", cfg.podmanNote)
 	}
-	b.WriteString("\n| set | compression | link | contender | -j | wall s | wall ×herd | served / unique | CPU s | CPU ×herd | peak RSS MiB |\n")
-	b.WriteString("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|\n")
+	b.WriteString("\n")
+	res.table(b)
+	fmt.Fprintf(b, "\nwall ×herd and CPU ×herd divide by herd's figure at the same -j (podman rows: at -j %d). "+
+		"served / unique is the layer blob bytes the registry sent over the layer bytes the set's images have (each distinct blob once); "+
+		"(max …) is the run that fetched most, when it is over 1%% above the median. "+
+		"CPU s is user+system time of the contender's processes and their reaped children. "+
+		"podman runs with containers/image's default of 6 blob copies per image and no limit across images; "+
+		"podman-per-image's peak RSS is the sum of its processes' peaks. "+
+		"A peak RSS cannot be read below %.0f MiB (the launcher's own, which Linux gives every program it starts as its initial peak); "+
+		"* marks a figure where some process was at that floor.\n", cfg.refJobs, float64(res.floor())/mib)
+	if failed := res.failures(); failed != "" {
+		b.WriteString("\nFailures:\n" + failed)
+	}
+	if t := res.targets(); t != "" {
+		b.WriteString("\nTargets:\n" + t)
+	}
+}
+
+// tableHeader heads the table: its column names and alignment.
+const tableHeader = "| set | compression | link | contender | -j | wall s | wall ×herd | served / unique | CPU s | CPU ×herd | peak RSS MiB |\n" +
+	"|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|\n"
+
+// table writes the Markdown table of medians, a row per rowKey in table
+// order: the part of the report README.md shows verbatim (TestReadmeTable).
+func (res *results) table(b *strings.Builder) {
+	b.WriteString(tableHeader)
 	for _, r := range res.rows() {
 		k := r.key
 		j := fmt.Sprint(k.contender.jobs)
@@ -193,20 +217,6 @@ func (res *results) markdown(b *strings.Builder) {
 		fmt.Fprintf(b, "| %s | %s | %s | %s | %s | %s | %s | %s | %.2f | %s | %s |\n",
 			k.set, k.compression, limitName(k.limit), k.contender.name, j, wall, ratio(r.timeVsHerd),
 			bytes, r.cpu.Seconds(), ratio(r.cpuVsH), rss)
-	}
-	fmt.Fprintf(b, "\nwall ×herd and CPU ×herd divide by herd's figure at the same -j (podman rows: at -j %d). "+
-		"served / unique is the layer blob bytes the registry sent over the layer bytes the set's images have (each distinct blob once); "+
-		"(max …) is the run that fetched most, when it is over 1%% above the median. "+
-		"CPU s is user+system time of the contender's processes and their reaped children. "+
-		"podman runs with containers/image's default of 6 blob copies per image and no limit across images; "+
-		"podman-per-image's peak RSS is the sum of its processes' peaks. "+
-		"A peak RSS cannot be read below %.0f MiB (the launcher's own, which Linux gives every program it starts as its initial peak); "+
-		"* marks a figure where some process was at that floor.\n", cfg.refJobs, float64(res.floor())/mib)
-	if failed := res.failures(); failed != "" {
-		b.WriteString("\nFailures:\n" + failed)
-	}
-	if t := res.targets(); t != "" {
-		b.WriteString("\nTargets:\n" + t)
 	}
 }
 

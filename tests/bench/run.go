@@ -14,13 +14,14 @@ import (
 	"strings"
 	"time"
 
-	"github.com/moby/sys/mountinfo"
 	"go.podman.io/storage"
 	storagetypes "go.podman.io/storage/types"
 	"golang.org/x/sys/unix"
 
 	"github.com/herd-project/herd/tests/bench/launcher"
+	"github.com/herd-project/herd/tests/internal/testimage"
 	"github.com/herd-project/herd/tests/internal/testregistry"
+	"github.com/herd-project/herd/tests/internal/teststore"
 )
 
 // program is an executable to run as a contender, with extra environment
@@ -73,7 +74,7 @@ func newRunner(cfg *config, reg *testregistry.Registry) (*runner, error) {
 
 // measure pulls images with c into a fresh store and removes it afterwards.
 // seed, if any, is pulled by herd into that store first, untimed.
-func (r *runner) measure(ctx context.Context, c contender, images []cachedImage, seed []cachedImage) measurement {
+func (r *runner) measure(ctx context.Context, c contender, images, seed []testimage.Pushed) measurement {
 	dir, err := os.MkdirTemp(r.cfg.work, "run-")
 	if err != nil {
 		return measurement{Err: err.Error()}
@@ -162,9 +163,7 @@ func (r *runner) measure(ctx context.Context, c contender, images []cachedImage,
 			failures = append(failures, p.Err+": "+p.Output)
 		}
 	}
-	for _, l := range uniqueLayers(images) {
-		m.Served += r.reg.BlobBytes(l.Digest)
-	}
+	m.Served = testimage.ServedLayerBytes(r.reg, images...)
 	if len(failures) > 0 {
 		m.Err = strings.Join(failures, "; ")
 		return m
@@ -209,8 +208,8 @@ func runRoot(dir string) (string, error) {
 	return d, os.Mkdir(d, 0o700)
 }
 
-// refs are the references to pull, with the registry host.
-func (r *runner) refs(images []cachedImage) []string {
+// refs are the references to pull: the cache's, with the registry host.
+func (r *runner) refs(images []testimage.Pushed) []string {
 	var refs []string
 	for _, img := range images {
 		refs = append(refs, r.reg.Host+"/"+img.Ref)
@@ -238,13 +237,7 @@ func (r *runner) verify(root, runroot string, refs []string) error {
 // mounted there first, then flushes the page cache's dirty pages so the next
 // run does not pay for this one's writeback.
 func (r *runner) remove(dir string) {
-	if mounts, err := mountinfo.GetMounts(mountinfo.PrefixFilter(dir)); err == nil {
-		// Deepest first.
-		slices.SortFunc(mounts, func(a, b *mountinfo.Info) int { return len(b.Mountpoint) - len(a.Mountpoint) })
-		for _, m := range mounts {
-			_ = unix.Unmount(m.Mountpoint, unix.MNT_DETACH)
-		}
-	}
+	teststore.UnmountBelow(dir)
 	if err := os.RemoveAll(dir); err != nil {
 		r.cfg.logf("warning: removing %s: %v", dir, err)
 	}

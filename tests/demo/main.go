@@ -17,8 +17,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	digest "github.com/opencontainers/go-digest"
-
 	"github.com/herd-project/herd/commit"
 	"github.com/herd-project/herd/progress"
 	"github.com/herd-project/herd/pull"
@@ -60,7 +58,7 @@ func run(herd string, keep bool) error {
 	if err != nil {
 		return err
 	}
-	unique := uniqueBytes(images)
+	unique := testimage.UniqueLayerBytes(images...)
 
 	args := []string{"pull", "-j", "4", "--format", "json",
 		"--root", filepath.Join(dir, "storage"), "--runroot", filepath.Join(dir, "run"),
@@ -84,8 +82,9 @@ func run(herd string, keep bool) error {
 		took := time.Since(start)
 		printSummary(summary)
 		fmt.Printf("herd took %.2f s%s\n", took.Seconds(), waitsAndRetries(summary))
+		served := testimage.ServedLayerBytes(reg, images...)
 		fmt.Printf("registry served %s of layer blobs; the images' unique layer bytes are %s (%.2fx)\n",
-			mib(layerBytes(reg, images)), mib(unique), float64(layerBytes(reg, images))/float64(unique))
+			mib(served), mib(unique), float64(served)/float64(unique))
 		if round == 0 {
 			fmt.Println("(podman or skopeo pulling these in parallel fetch each shared base blob once per image)")
 		}
@@ -166,34 +165,6 @@ func waitsAndRetries(s progress.Summary) string {
 		desc += fmt.Sprintf("; %d images retried", retried)
 	}
 	return desc
-}
-
-func uniqueBytes(images []testimage.Pushed) int64 {
-	seen := map[digest.Digest]bool{}
-	var n int64
-	for _, p := range images {
-		for _, l := range p.Layers {
-			if !seen[l.Digest] {
-				seen[l.Digest] = true
-				n += l.Size
-			}
-		}
-	}
-	return n
-}
-
-func layerBytes(reg *testregistry.Registry, images []testimage.Pushed) int64 {
-	seen := map[digest.Digest]bool{}
-	var n int64
-	for _, p := range images {
-		for _, l := range p.Layers {
-			if !seen[l.Digest] {
-				seen[l.Digest] = true
-				n += reg.BlobBytes(l.Digest)
-			}
-		}
-	}
-	return n
 }
 
 func writeFile(dir, name, content string) string {

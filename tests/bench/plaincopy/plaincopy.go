@@ -4,10 +4,11 @@
 // coordination. It is a separate program (bench/cmd/plaincopy) so the
 // benchmark can measure its CPU time and peak RSS like herd's.
 //
-// To be an honest baseline it opens the store exactly as herd does
-// (storage.conf, then --root/--runroot/--storage-driver, partial pulls on
-// unless storage.conf turns them off) and keeps the blob-info cache beside
-// the store, as herd does.
+// To be an honest baseline it opens the store with herd's own store options
+// (cmd.StoreOptions: storage.conf, then --root/--runroot/--storage-driver,
+// partial pulls on unless storage.conf turns them off), stages blobs in
+// herd's temporary directory (cmd.TempDir) and keeps the blob-info cache
+// beside the store, as herd does.
 package plaincopy
 
 import (
@@ -15,7 +16,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"os"
 	"path/filepath"
 	"sync"
 
@@ -25,8 +25,9 @@ import (
 	istorage "go.podman.io/image/v5/storage"
 	"go.podman.io/image/v5/types"
 	"go.podman.io/storage"
-	storagetypes "go.podman.io/storage/types"
 	"golang.org/x/sync/semaphore"
+
+	"github.com/herd-project/herd/cmd"
 )
 
 // Main runs the baseline with command-line args and returns the exit code:
@@ -56,23 +57,14 @@ func Main(args []string, stdout, stderr io.Writer) int {
 }
 
 func run(ctx context.Context, root, runroot, driver, policyPath string, jobs int, tlsVerify bool, images []string, stdout io.Writer) error {
-	// As herd's cmd/options.go storeOptions.
-	opts, err := storagetypes.DefaultStoreOptions()
+	storeFlags := []string{"--root", root, "--runroot", runroot}
+	if driver != "" { // no -storage-driver: storage.conf's (herd's --storage-driver "" would clear it)
+		storeFlags = append(storeFlags, "--storage-driver", driver)
+	}
+	opts, err := cmd.StoreOptions(storeFlags...)
 	if err != nil {
-		return fmt.Errorf("reading storage configuration: %w", err)
+		return err
 	}
-	opts.GraphRoot, opts.RunRoot = root, runroot
-	if driver != "" {
-		opts.GraphDriverName, opts.GraphDriverOptions = driver, nil
-	}
-	pullOpts := map[string]string{}
-	for k, v := range opts.PullOptions {
-		pullOpts[k] = v
-	}
-	if _, set := pullOpts["enable_partial_images"]; !set {
-		pullOpts["enable_partial_images"] = "true"
-	}
-	opts.PullOptions = pullOpts
 	store, err := storage.GetStore(opts)
 	if err != nil {
 		return fmt.Errorf("opening the store at %s: %w", root, err)
@@ -83,14 +75,10 @@ func run(ctx context.Context, root, runroot, driver, policyPath string, jobs int
 	if err != nil {
 		return fmt.Errorf("reading %s: %w", policyPath, err)
 	}
-	tmp := os.Getenv("TMPDIR")
-	if tmp == "" {
-		tmp = "/var/tmp"
-	}
 	sys := &types.SystemContext{
 		DockerInsecureSkipTLSVerify: types.NewOptionalBool(!tlsVerify),
 		BlobInfoCacheDir:            filepath.Join(filepath.Dir(filepath.Clean(root)), "cache"),
-		BigFilesTemporaryDir:        tmp,
+		BigFilesTemporaryDir:        cmd.TempDir(),
 	}
 
 	sem := semaphore.NewWeighted(int64(jobs))

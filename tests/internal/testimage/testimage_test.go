@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
@@ -13,6 +14,7 @@ import (
 	digest "github.com/opencontainers/go-digest"
 	imgspecv1 "github.com/opencontainers/image-spec/specs-go/v1"
 	"go.podman.io/image/v5/pkg/compression"
+	"go.podman.io/image/v5/types"
 	"go.podman.io/storage/pkg/chunked/toc"
 
 	"github.com/herd-project/herd/tests/internal/testregistry"
@@ -224,5 +226,33 @@ func TestGeneratedLayers(t *testing.T) {
 	}
 	if changed != 3 {
 		t.Fatalf("%d files changed, want 3", changed)
+	}
+}
+
+// servedCounts is a registry's served bytes by blob, for ServedLayerBytes.
+type servedCounts map[digest.Digest]int64
+
+func (s servedCounts) BlobBytes(d digest.Digest) int64 { return s[d] }
+
+func TestDistinctLayers(t *testing.T) {
+	blob := func(d string, size int64) types.BlobInfo {
+		return types.BlobInfo{Digest: digest.FromString(d), Size: size}
+	}
+	base, a, b := blob("base", 100), blob("a", 10), blob("b", 1)
+	images := []Pushed{{Layers: []types.BlobInfo{base, a}}, {Layers: []types.BlobInfo{base, b, b}}}
+	var got []digest.Digest
+	for _, l := range DistinctLayers(images...) {
+		got = append(got, l.Digest)
+	}
+	if want := []digest.Digest{base.Digest, a.Digest, b.Digest}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("DistinctLayers: %v, want %v", got, want)
+	}
+	if n := UniqueLayerBytes(images...); n != 111 {
+		t.Errorf("UniqueLayerBytes: %d, want 111", n)
+	}
+	// base served twice (two requests) counts twice; its second listing does not.
+	served := servedCounts{base.Digest: 200, b.Digest: 1}
+	if n := ServedLayerBytes(served, images...); n != 201 {
+		t.Errorf("ServedLayerBytes: %d, want 201", n)
 	}
 }
