@@ -10,7 +10,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/distribution/reference"
 	"github.com/sirupsen/logrus"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -62,13 +61,17 @@ func newPullCommand(stdio IO) *cobra.Command {
 		Long: `Pull every IMAGE (and every reference listed in --file) into containers/storage
 in one process. All images share one pool of --jobs blob copies; a blob that
 several images need is fetched once. Short names are resolved through
-registries.conf as podman resolves them. Each image's ID is printed on standard
+registries.conf as podman resolves them. As with podman pull, an IMAGE may
+also name its source through a transport: docker://REFERENCE,
+oci:DIR[:NAME], oci-archive:FILE[:NAME], docker-archive:FILE[:NAME:TAG] or
+dir:DIR. Each image's ID is printed on standard
 output; progress and errors go to standard error.
 
 Exit status: 0 if every image was pulled, 1 if any failed (all are still
 attempted unless --fail-fast), 2 for usage errors, 125 when herd could not
 start (configuration, storage, policy), 130 or 143 when interrupted.`,
 		Example: `  herd pull docker.io/library/alpine:3.20 quay.io/fedora/fedora:40
+  herd pull oci-archive:app.tar docker-archive:base.tar
   herd pull -j 8 --file images.txt
   kubectl get pods -A -o jsonpath='{..image}' | tr ' ' '\n' | herd pull --file -`,
 		RunE: func(c *cobra.Command, args []string) error {
@@ -181,9 +184,10 @@ func (o *pullOptions) checkUsage(args []string) error {
 }
 
 // checkReference reports a reference that can name no image, as a usage
-// error: a short name or a full one, with a tag, a digest or both.
+// error: a short name or a full one, with a tag, a digest or both, or a
+// reference through one of the transports herd pulls from (pull.Transports).
 func checkReference(ref string) error {
-	if _, err := reference.ParseNormalizedNamed(ref); err != nil {
+	if err := pull.CheckReference(ref); err != nil {
 		return usageErrorf("%q is not an image reference: %v", ref, err)
 	}
 	return nil

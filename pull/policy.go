@@ -10,6 +10,7 @@ import (
 
 	"github.com/distribution/reference"
 	"github.com/sirupsen/logrus"
+	"go.podman.io/image/v5/docker"
 	"go.podman.io/image/v5/manifest"
 	"go.podman.io/image/v5/pkg/shortnames"
 	istorage "go.podman.io/image/v5/storage"
@@ -69,7 +70,17 @@ func resolveInput(ctx context.Context, opts Options, input string) (*target, int
 	if policy == "" || policy == PullAlways {
 		return resolveWithRetries(ctx, opts, input)
 	}
-	named, img, err := lookupLocal(opts.Store, opts.System, input)
+	local := input
+	if ref, err := parseTransport(input); err != nil || ref != nil {
+		if err != nil || ref.Transport() != docker.Transport {
+			// A layout or archive on this machine is read whatever the
+			// policy, as podman does: there is no registry to spare, and its
+			// layers the store has are reused.
+			return resolveWithRetries(ctx, opts, input)
+		}
+		local = ref.DockerReference().String() // docker://NAME: the name, normalized
+	}
+	named, img, err := lookupLocal(opts.Store, opts.System, local)
 	if err != nil {
 		return nil, 0, fmt.Errorf("pulling %s: looking for it in the store: %w", input, err)
 	}

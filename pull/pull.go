@@ -186,15 +186,16 @@ func resolveAll(ctx context.Context, inputs []string, opts Options) ([]*target, 
 		if first := byDigest[key]; first != nil {
 			t.source.close() // pulled through first's
 			first.inputs = append(first.inputs, t.inputs...)
-			if t.named.String() != first.named.String() {
+			if t.named != nil && t.reference() != first.reference() {
 				first.aliases = append(first.aliases, t.named)
 			}
+			first.aliases = append(first.aliases, t.aliases...)
 			continue
 		}
 		byDigest[key] = t
 		targets = append(targets, t)
 		results = append(results, &Result{
-			Inputs: t.inputs, Reference: t.named.String(), Digest: t.digest,
+			Inputs: t.inputs, Reference: t.reference(), Digest: t.digest,
 			InstanceDigest: t.instance, Platform: t.platform, Layers: layersOf(t.layers),
 		})
 	}
@@ -371,7 +372,7 @@ func (ip *imagePull) copy(ctx context.Context, wd *watchdog) error {
 	ip.image = image
 	defer image.Done()
 
-	dest, err := istorage.Transport.NewStoreReference(image.Store(ip.opts.Store), ip.target.named, "")
+	dest, err := istorage.Transport.NewStoreReference(image.Store(ip.opts.Store), ip.target.named, ip.target.unnamedID())
 	if err != nil {
 		return err
 	}
@@ -532,7 +533,11 @@ func (ip *imagePull) finishLayers() {
 // every input that resolved to it, as podman would after pulling each of
 // them.
 func (ip *imagePull) nameImage() error {
-	img, err := ip.opts.Store.Image(ip.target.named.String())
+	id := ip.target.unnamedID()
+	if id == "" {
+		id = ip.target.named.String()
+	}
+	img, err := ip.opts.Store.Image(id)
 	if err != nil {
 		return fmt.Errorf("finding the pulled image in the store: %w", err)
 	}
@@ -548,6 +553,9 @@ func (ip *imagePull) nameImage() error {
 	}
 	if img, err = ip.opts.Store.Image(img.ID); err == nil {
 		ip.result.Names = img.Names
+	}
+	if ip.target.candidate == nil {
+		return nil
 	}
 	if err := ip.target.candidate.Record(); err != nil && !errors.Is(err, context.Canceled) {
 		logrus.Warnf("%s: recording short-name alias: %v", ip.result.Name(), err)

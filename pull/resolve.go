@@ -21,6 +21,7 @@ import (
 	"go.podman.io/image/v5/pkg/docker/config"
 	"go.podman.io/image/v5/pkg/shortnames"
 	"go.podman.io/image/v5/pkg/sysregistriesv2"
+	"go.podman.io/image/v5/transports"
 	"go.podman.io/image/v5/types"
 	"go.podman.io/storage"
 	"go.podman.io/storage/pkg/chunked/toc"
@@ -30,10 +31,10 @@ import (
 // before its copy.Image starts.
 type target struct {
 	inputs    []string
-	named     reference.Named // the candidate that resolved
-	candidate *shortnames.PullCandidate
-	digest    digest.Digest // of the manifest the reference names
-	instance  digest.Digest // of the per-platform manifest
+	named     reference.Named           // the candidate that resolved; nil for a local image without a name (storeNames)
+	candidate *shortnames.PullCandidate // nil unless a short name resolved
+	digest    digest.Digest             // of the manifest the reference names
+	instance  digest.Digest             // of the per-platform manifest
 	platform  string
 	layers    []types.BlobInfo
 	config    types.BlobInfo
@@ -42,6 +43,26 @@ type target struct {
 	// local is the stored image the pull policy keeps instead of pulling
 	// (policy.go); then there is no source.
 	local *storage.Image
+}
+
+// reference is what the target is pulled as: its name, or for a local
+// image without one the transport's string (oci:DIR, dir:DIR, ...).
+func (t *target) reference() string {
+	if t.named != nil {
+		return t.named.String()
+	}
+	return transports.ImageName(t.source.ImageReference)
+}
+
+// unnamedID is the image ID the store gives an image without a name, as
+// containers/image's storage destination computes it (its config's digest),
+// so that herd can name the destination and find the image; "" for a named
+// target.
+func (t *target) unnamedID() string {
+	if t.named != nil {
+		return ""
+	}
+	return t.config.Digest.Encoded()
 }
 
 // resolvedSource is the reference herd gives copy.Image as the image's
@@ -84,12 +105,19 @@ func (r *resolvedSource) close() {
 	}
 }
 
-// resolve turns what the user typed into a target: short names through
+// resolve turns what the user typed into a target: a reference through a
+// transport (transports.go) as it says; short names through
 // registries.conf (containers/image's pkg/shortnames, as podman does), then
 // the first candidate whose manifest can be read. The manifest is read here,
 // before copy.Image, so that tags naming the same manifest are pulled once
 // and so that the coordinator knows every layer's TOC digest up front.
 func resolve(ctx context.Context, sys *types.SystemContext, interactive bool, input string) (*target, error) {
+	if ref, err := parseTransport(input); err != nil || ref != nil {
+		if err != nil {
+			return nil, err
+		}
+		return resolveTransport(ctx, sys, input, ref)
+	}
 	resolved, err := resolveShortName(sys, interactive, withoutTagIfDigested(input))
 	if err != nil {
 		return nil, err
@@ -253,11 +281,33 @@ func inspect(ctx context.Context, sys *types.SystemContext, named reference.Name
 			_ = src.Close()
 		}
 	}()
+	t, err := inspectSource(ctx, sys, src)
+	if err != nil {
+		return nil, err
+	}
+	t.named = ref.DockerReference()
+	pinned, err := reference.WithDigest(reference.TrimNamed(t.named), t.digest)
+	if err != nil {
+		return nil, err
+	}
+	byDigest, err := docker.NewReference(pinned)
+	if err != nil {
+		return nil, err
+	}
+	t.source = &resolvedSource{ImageReference: byDigest, opened: src}
+	return t, nil
+}
+
+// inspectSource reads src's manifest (and, for a list, the instance chosen
+// for the platform in sys): the digests, layers and config of the target,
+// whose name and source the caller sets.
+func inspectSource(ctx context.Context, sys *types.SystemContext, src types.ImageSource) (*target, error) {
+	named := sourceName(src.Reference())
 	blob, mimeType, err := src.GetManifest(ctx, nil)
 	if err != nil {
 		return nil, err
 	}
-	t := &target{named: ref.DockerReference()}
+	t := &target{}
 	if t.digest, err = manifest.Digest(blob); err != nil {
 		return nil, err
 	}
@@ -289,16 +339,16 @@ func inspect(ctx context.Context, sys *types.SystemContext, named reference.Name
 		return nil, fmt.Errorf("parsing manifest of %s: %w", named, err)
 	}
 	t.config, t.layers = m.ConfigInfo(), layerBlobs(m)
-	pinned, err := reference.WithDigest(reference.TrimNamed(t.named), t.digest)
-	if err != nil {
-		return nil, err
-	}
-	byDigest, err := docker.NewReference(pinned)
-	if err != nil {
-		return nil, err
-	}
-	t.source = &resolvedSource{ImageReference: byDigest, opened: src}
 	return t, nil
+}
+
+// sourceName is how messages name an image source: its registry reference,
+// or the transport's string for a layout or archive.
+func sourceName(ref types.ImageReference) string {
+	if named := ref.DockerReference(); named != nil && ref.Transport() == docker.Transport {
+		return named.String()
+	}
+	return transports.ImageName(ref)
 }
 
 // layerBlobs are the blobs of m's layers, bottom to top, without the

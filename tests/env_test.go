@@ -278,7 +278,7 @@ func (e *env) push(repoTag string, img testimage.Image, compression string) test
 	return p
 }
 
-// verifyImage checks that p is in the store under its name, that its layers
+// verifyImage checks that p is in the store under its name (or ID), that its layers
 // are a chain whose uncompressed digests are the config's diff_ids in order,
 // and that containers/image can read every layer back from the store.
 func (e *env) verifyImage(p testimage.Pushed) {
@@ -296,11 +296,13 @@ func (e *env) verifyImage(p testimage.Pushed) {
 		e.t.Fatalf("%s: layer chain %v, config diff_ids %v", p.Ref, chain, p.DiffIDs)
 	}
 
-	named, err := reference.ParseNormalizedNamed(p.Ref)
-	if err != nil {
-		e.t.Fatal(err)
+	var named reference.Named // nil when p.Ref is the image's ID: an image without a name
+	if p.Ref != img.ID {
+		if named, err = reference.ParseNormalizedNamed(p.Ref); err != nil {
+			e.t.Fatal(err)
+		}
 	}
-	ref, err := istorage.Transport.NewStoreReference(s, named, "")
+	ref, err := istorage.Transport.NewStoreReference(s, named, img.ID)
 	if err != nil {
 		e.t.Fatal(err)
 	}
