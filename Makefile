@@ -9,7 +9,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 COMMIT  ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 LDFLAGS := -X github.com/herd-project/herd/cmd.version=$(VERSION) -X github.com/herd-project/herd/cmd.commit=$(COMMIT)
 
-.PHONY: all build test demo vet check-format check-tidy clean tags fuzz completions man install bench
+.PHONY: all build test demo bench-before vet check-format check-tidy clean tags fuzz completions man install bench
 
 all: build
 
@@ -62,12 +62,22 @@ bench: build
 	cd tests && $(GO) build $(GOFLAGS_TAGS) -o $(CURDIR)/bin/bench-plaincopy ./bench/cmd/plaincopy
 	cd tests && $(GO) build -o $(CURDIR)/bin/bench-launcher ./bench/cmd/launcher
 	cd tests && $(GO) run $(GOFLAGS_TAGS) ./bench -herd $(CURDIR)/bin/herd -plaincopy $(CURDIR)/bin/bench-plaincopy \
-		-launcher $(CURDIR)/bin/bench-launcher -out $(CURDIR)/bin/bench $(BENCHFLAGS)
+		-launcher $(CURDIR)/bin/bench-launcher -out $(CURDIR)/bin/bench \
+		$(if $(wildcard bin/herd-before),-herd-before $(CURDIR)/bin/herd-before) $(BENCHFLAGS)
 
 # Two modules: the product (this directory) and tests/ (end-to-end tests,
 # the demo, the benchmark and their registry harness), so that the product's
 # dependency graph has no registry server, plotting or terminal emulator.
 MODULES := . tests
+
+# bench-before builds bin/herd-before from REV (default: the commit before
+# HEAD), for before/after figures measured side by side in one run:
+#   make bench-before bench BENCHFLAGS='-contenders herd,herd-before -sets fleet -j 4 -limits 0'
+REV ?= HEAD~1
+bench-before:
+	rm -rf bin/before-src && git worktree add --detach bin/before-src $(REV)
+	cd bin/before-src && $(GO) build $(GOFLAGS_TAGS) -o $(CURDIR)/bin/herd-before .
+	git worktree remove --force bin/before-src
 
 vet: check-format check-tidy
 	@set -e; for m in $(MODULES); do (cd $$m && $(GO) vet $(GOFLAGS_TAGS) ./...); done

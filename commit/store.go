@@ -111,6 +111,8 @@ func (s *Store) PutLayer(id, parent string, names []string, mountLabel string, w
 	if options != nil && options.OriginalDigest != "" && s.image.hooks.CommitStarted != nil {
 		s.image.hooks.CommitStarted(options.OriginalDigest)
 	}
+	diff, options, closeDiff := decompressOnce(diff, options)
+	defer closeDiff()
 	check := newLayerCheck(diff)
 	layer, size, err := s.Store.PutLayer(id, parent, names, mountLabel, writeable, options, check)
 	if unsafe := check.result(); unsafe != nil {

@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"path"
 	"strings"
 
+	"go.podman.io/storage"
 	"go.podman.io/storage/pkg/archive"
 )
 
@@ -21,10 +23,50 @@ import (
 // again. A hard link to a file outside the layer it does reject, with
 // "unpacking failed (... no such file or directory)". The check turns all
 // three into a refusal that says which entry and why, before the layer is
-// committed. It costs one more decompression of the layer, on another
-// goroutine, in step with containers/storage's own reading; layers from
-// partial (zstd:chunked) pulls are built by pkg/chunked from their TOC and
-// are not checked here.
+// committed. It reads the tar on another goroutine, in step with
+// containers/storage, from the one decompression they share
+// (decompressOnce); layers from partial (zstd:chunked) pulls are built by
+// pkg/chunked from their TOC and are not checked here.
+
+// decompressOnce returns the layer's tar decompressed, for the check and
+// containers/storage to share one decompression, with the options that make
+// containers/storage record the layer as if it had decompressed it itself
+// (containers/image has already decompressed it once, to compute its
+// DiffID while it wrote the blob: two decompressions per layer instead of
+// three). containers/storage takes the compressed digest and size and the
+// DiffID from the options, and decompresses nothing it is given
+// uncompressed; it then records the layer's compression as "none", as for a
+// layer podman loads from a docker archive, which is what it uses when it
+// hands the layer's diff out without being told a compression.
+//
+// This holds only when containers/image gives the blob as its file (whose
+// size is the compressed size) and the digests: otherwise diff goes on as it
+// is, and is decompressed twice here.
+func decompressOnce(diff io.Reader, options *storage.LayerOptions) (io.Reader, *storage.LayerOptions, func()) {
+	noop := func() {}
+	file, ok := diff.(*os.File)
+	if !ok || options == nil || options.OriginalDigest == "" || options.UncompressedDigest == "" {
+		return diff, options, noop
+	}
+	info, err := file.Stat()
+	if err != nil || !info.Mode().IsRegular() {
+		return diff, options, noop
+	}
+	if options.OriginalSize != nil && *options.OriginalSize != info.Size() {
+		return diff, options, noop // not the blob's file as expected: leave it to containers/storage
+	}
+	tarStream, err := archive.DecompressStream(file)
+	if err != nil {
+		// Not a stream it can read: containers/storage reports that, from
+		// the blob's start.
+		_, _ = file.Seek(0, io.SeekStart)
+		return diff, options, noop
+	}
+	opts := *options
+	size := info.Size()
+	opts.OriginalSize = &size
+	return tarStream, &opts, func() { _ = tarStream.Close() }
+}
 
 // unsafeEntry is a tar entry herd refuses.
 type unsafeEntry struct {

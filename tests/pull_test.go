@@ -11,6 +11,7 @@ import (
 
 	digest "github.com/opencontainers/go-digest"
 	"github.com/spf13/pflag"
+	"go.podman.io/storage/pkg/archive"
 
 	"github.com/herd-project/herd/cmd"
 	"github.com/herd-project/herd/pull"
@@ -260,5 +261,38 @@ func TestImageListFromFileAndStdin(t *testing.T) {
 	}
 	for _, p := range []testimage.Pushed{a, b, c} {
 		e.verifyImage(p)
+	}
+}
+
+// Issue 11: a fully fetched layer reaches the store decompressed once by
+// herd, for its tar check and containers/storage alike (commit's
+// decompressOnce), and the store still records it as containers/storage
+// would have: the blob's compressed digest and size, and its DiffID. The
+// compression recorded as none is the sign that the store did not
+// decompress it again.
+func TestLayerRecordedAfterOneDecompression(t *testing.T) {
+	e := newEnv(t, testregistry.Options{})
+	var images []testimage.Pushed
+	for i, comp := range []string{"gzip", "zstd"} {
+		images = append(images, e.push(fmt.Sprintf("once%d:v1", i), testimage.Image{Layers: []testimage.Layer{ownLayer(int64(40 + i))}}, comp))
+	}
+	if r := e.herd(refs(images...)...); r.code != 0 {
+		t.Fatalf("herd pull exited %d\n%s", r.code, r.stderr)
+	}
+	s := e.store()
+	for _, img := range images {
+		e.verifyImage(img)
+		blob := img.Layers[0]
+		layers, err := s.LayersByCompressedDigest(blob.Digest)
+		if err != nil || len(layers) != 1 {
+			t.Fatalf("%s: %d layers by the blob's digest (%v), want 1", img.Ref, len(layers), err)
+		}
+		l := layers[0]
+		if l.CompressedSize != blob.Size || l.UncompressedDigest != img.DiffIDs[0] || l.UncompressedSize <= 0 {
+			t.Errorf("%s: the store records compressed size %d, DiffID %s, size %d; want %d, %s, > 0", img.Ref, l.CompressedSize, l.UncompressedDigest, l.UncompressedSize, blob.Size, img.DiffIDs[0])
+		}
+		if l.CompressionType != archive.Uncompressed {
+			t.Errorf("%s: the store recorded compression %v: it decompressed the layer itself, a third time", img.Ref, l.CompressionType)
+		}
 	}
 }

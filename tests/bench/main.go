@@ -62,9 +62,13 @@ type config struct {
 	scale        scale
 
 	herd, plaincopy program
-	launcher        program // starts contenders and reads their rusage (package bench/launcher)
-	podman          string  // "" when not run; podmanNote says why
-	podmanNote      string
+	// herdBefore is another herd binary (a build of an earlier commit),
+	// pulled as contender herd-before beside herd, for before/after figures
+	// measured in one run.
+	herdBefore program
+	launcher   program // starts contenders and reads their rusage (package bench/launcher)
+	podman     string  // "" when not run; podmanNote says why
+	podmanNote string
 
 	cacheDir, out string
 	from          string // a results.json to print instead of running
@@ -84,9 +88,10 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	refJobs := fs.Int("ref-j", 4, "the -j of herd that podman's rows are compared with")
 	limits := fs.String("limits", "0,100,20", "comma-separated bandwidth limits in MiB/s, shared by all connections; 0 is unthrottled")
 	runs := fs.Int("runs", 3, "runs per contender and setting; the table shows medians")
-	contenders := fs.String("contenders", "herd,herd-preseeded,herd-2proc,herd-2proc-nolocks,plaincopy,podman", "which contenders to run: herd, herd-preseeded (herd into a store that already has two of the set's images in another compression), herd-2proc (two herd processes pulling the set into one store at once), herd-2proc-nolocks (the same without the blob locks that let them share fetches), plaincopy, podman")
+	contenders := fs.String("contenders", "herd,herd-preseeded,herd-2proc,herd-2proc-nolocks,plaincopy,podman", "which contenders to run: herd, herd-before (-herd-before's binary), herd-preseeded (herd into a store that already has two of the set's images in another compression), herd-2proc (two herd processes pulling the set into one store at once), herd-2proc-nolocks (the same without the blob locks that let them share fetches), plaincopy, podman")
 	quick := fs.Bool("quick", false, "tiny images and a small matrix (one -j, one run, unthrottled): a smoke run in about a minute")
 	herd := fs.String("herd", "bin/herd", "the herd binary")
+	herdBefore := fs.String("herd-before", "", "another herd binary, e.g. a build of an earlier commit (make bench-before), pulled beside herd as contender herd-before")
 	plaincopy := fs.String("plaincopy", "bin/bench-plaincopy", "the baseline program (built from ./bench/cmd/plaincopy)")
 	launch := fs.String("launcher", "bin/bench-launcher", "the program that starts contenders and reads their rusage (built from ./bench/cmd/launcher)")
 	podman := fs.String("podman", "podman", "the podman binary; empty to skip podman")
@@ -113,7 +118,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	}
 
 	cfg := &config{quick: *quick, refJobs: *refJobs, runs: *runs, cacheDir: *cacheDir, out: *out, work: *work,
-		herd: program{path: *herd}, plaincopy: program{path: *plaincopy}, launcher: program{path: *launch}, podman: *podman,
+		herd: program{path: *herd}, herdBefore: program{path: *herdBefore}, plaincopy: program{path: *plaincopy}, launcher: program{path: *launch}, podman: *podman,
 		contenders: map[string]bool{}, scale: fullScale, logf: func(f string, a ...any) { fmt.Fprintf(stderr, f+"\n", a...) }}
 	if *quick {
 		cfg.scale = quickScale
@@ -245,7 +250,14 @@ func defaultCacheDir() string {
 // prepare checks the programs, picks the storage driver and writes the
 // policy and storage.conf every contender shares.
 func (cfg *config) prepare() error {
-	for _, p := range []*program{&cfg.herd, &cfg.plaincopy, &cfg.launcher} {
+	programs := []*program{&cfg.herd, &cfg.plaincopy, &cfg.launcher}
+	if cfg.contenders["herd-before"] {
+		if cfg.herdBefore.path == "" {
+			return errors.New("contender herd-before needs -herd-before")
+		}
+		programs = append(programs, &cfg.herdBefore)
+	}
+	for _, p := range programs {
 		abs, err := exec.LookPath(p.path)
 		if err != nil {
 			return fmt.Errorf("%s: %w (run `make bench`, which builds it)", p.path, err)
@@ -402,7 +414,7 @@ func preseed(cache *imageCache, set, comp string) []testimage.Pushed {
 }
 
 // herdContenders are the contenders that run herd, in table order.
-var herdContenders = []string{"herd", "herd-preseeded", "herd-2proc", "herd-2proc-nolocks"}
+var herdContenders = []string{"herd", "herd-before", "herd-preseeded", "herd-2proc", "herd-2proc-nolocks"}
 
 // contenderList is every contender configuration of one setting, in table order.
 func (cfg *config) contenderList(jobs []int) []contender {

@@ -115,6 +115,8 @@ func (r *runner) measure(ctx context.Context, c contender, images, seed []testim
 	switch c.name {
 	case "herd", "herd-preseeded":
 		cmds = append(cmds, command(r.cfg.herd, append(herdArgs(c.jobs), refs...)...))
+	case "herd-before":
+		cmds = append(cmds, command(r.cfg.herdBefore, append(herdArgs(c.jobs), refs...)...))
 	case "herd-2proc", "herd-2proc-nolocks":
 		for range 2 {
 			cmd := command(r.cfg.herd, append(herdArgs(c.jobs), refs...)...)

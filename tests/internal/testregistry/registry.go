@@ -1,7 +1,8 @@
 // Package testregistry runs a real CNCF distribution registry (in-memory
 // storage) on 127.0.0.1 for tests, demos and benchmarks. It counts the blob
 // bytes it serves, can throttle them to simulate a slow link, and lets tests
-// inject faults into blob GETs.
+// inject faults into blob GETs. With Options.ProxyFor it runs as a
+// pull-through cache of another registry.
 //
 // It deliberately does not depend on package testing (see StartT for that),
 // so non-test programs can use it too.
@@ -18,6 +19,7 @@ import (
 	"regexp"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/distribution/distribution/v3/configuration"
 	"github.com/distribution/distribution/v3/registry/handlers"
@@ -48,6 +50,21 @@ type Options struct {
 	// registry started on the same directory serves the same images without
 	// pushing them again (the benchmark caches its image sets this way).
 	RootDirectory string
+	// ProxyFor, if set, is the URL of another registry (an origin, e.g.
+	// another Registry's URL) and makes this one a pull-through cache of it:
+	// distribution's proxy mode (proxy.remoteurl). It serves what it has
+	// cached and fetches the rest from the origin, storing blobs as it
+	// serves them; it cannot be pushed to. distribution asks the origin
+	// for a tag's digest (a HEAD) on every manifest request by tag, and
+	// serves manifests and blobs from its cache once it has them (it
+	// fetches a manifest it lacks by the tag it was asked for). It caches
+	// blobs per repository: a blob it holds for one repository is fetched
+	// from the origin again when asked for through another. It reaches
+	// the origin through http.DefaultTransport without credentials, so the
+	// origin must be plain HTTP without Users. Cached content never
+	// expires (proxy.ttl 0, so no expiry scheduler runs). The counters
+	// count what this registry serves, as for any other.
+	ProxyFor string
 }
 
 // BlobHook is called for every blob GET before the registry serves it. If it
@@ -77,9 +94,11 @@ type Registry struct {
 	mu    sync.Mutex
 	bytes map[digest.Digest]int64
 	gets  map[digest.Digest]int
-	// manifestGets counts GET requests per manifest path: "REPO/manifests/REF".
-	manifestGets map[string]int
-	total        int64
+	// manifestGets counts GET requests per manifest path: "REPO/manifests/REF";
+	// manifestHeads the HEAD requests.
+	manifestGets  map[string]int
+	manifestHeads map[string]int
+	total         int64
 }
 
 // Start starts a registry with in-memory storage (or Options.RootDirectory) on a random 127.0.0.1 port
@@ -108,6 +127,10 @@ func Start(ctx context.Context, opts Options) (r *Registry, err error) {
 	}
 	// Without a secret the registry warns and generates one.
 	cfg.HTTP.Secret = hex.EncodeToString(secret)
+	if opts.ProxyFor != "" {
+		never := time.Duration(0)
+		cfg.Proxy = configuration.Proxy{RemoteURL: opts.ProxyFor, TTL: &never}
+	}
 	var cleanup []func()
 	if len(opts.Users) > 0 {
 		done, aerr := configureAuth(cfg, opts.Users)
@@ -139,11 +162,12 @@ func Start(ctx context.Context, opts Options) (r *Registry, err error) {
 	}
 
 	r = &Registry{
-		cancel:       cancel,
-		quiet:        opts.Quiet,
-		bytes:        map[digest.Digest]int64{},
-		gets:         map[digest.Digest]int{},
-		manifestGets: map[string]int{},
+		cancel:        cancel,
+		quiet:         opts.Quiet,
+		bytes:         map[digest.Digest]int64{},
+		gets:          map[digest.Digest]int{},
+		manifestGets:  map[string]int{},
+		manifestHeads: map[string]int{},
 
 		cleanup: cleanup,
 	}
@@ -233,6 +257,14 @@ func (r *Registry) ManifestGets(repo, ref string) int {
 	return r.manifestGets[repo+"/manifests/"+ref]
 }
 
+// ManifestHeads returns the number of HEAD requests for the manifest of
+// repo (without the host) by ref, a tag or a digest.
+func (r *Registry) ManifestHeads(repo, ref string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.manifestHeads[repo+"/manifests/"+ref]
+}
+
 // TotalBlobBytes returns the body bytes served for all blob GETs.
 func (r *Registry) TotalBlobBytes() int64 {
 	r.mu.Lock()
@@ -254,6 +286,7 @@ func (r *Registry) ResetCounters() {
 	r.bytes = map[digest.Digest]int64{}
 	r.gets = map[digest.Digest]int{}
 	r.manifestGets = map[string]int{}
+	r.manifestHeads = map[string]int{}
 	r.total = 0
 }
 
@@ -263,10 +296,17 @@ var manifestPath = regexp.MustCompile(`^/v2/(.+)/manifests/([^/]+)$`)
 
 var blobPath = regexp.MustCompile(`^/v2/(.+)/blobs/([A-Za-z0-9_+.-]+:[A-Za-z0-9=_-]+)$`)
 
-// middleware counts, throttles and hooks blob GETs; everything else goes
-// straight to the registry.
+// middleware counts, throttles and hooks blob GETs and counts manifest
+// GETs and HEADs; everything else goes straight to the registry.
 func (r *Registry) middleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		if req.Method == http.MethodHead {
+			if m := manifestPath.FindStringSubmatch(req.URL.Path); m != nil {
+				r.mu.Lock()
+				r.manifestHeads[m[1]+"/manifests/"+m[2]]++
+				r.mu.Unlock()
+			}
+		}
 		if req.Method != http.MethodGet {
 			next.ServeHTTP(w, req)
 			return
