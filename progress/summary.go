@@ -56,7 +56,21 @@ type LayerSummary struct {
 	// blob ended (committed, reused, store, owner-failed, cancelled); left
 	// out when it did not wait.
 	WaitEnded commit.WaitEnd `json:"waitEnded,omitempty"`
+	// When things happened to the layer, in seconds from the run's start,
+	// each left out when it did not happen (pull.LayerTiming): queued for a
+	// --jobs slot from queued to fetchStart, fetched until fetchEnd, or
+	// waited for another pull's fetch from waitStart to waitEnd; in the
+	// store at committed.
+	Queued     float64 `json:"queued,omitempty"`
+	FetchStart float64 `json:"fetchStart,omitempty"`
+	FetchEnd   float64 `json:"fetchEnd,omitempty"`
+	WaitStart  float64 `json:"waitStart,omitempty"`
+	WaitEnd    float64 `json:"waitEnd,omitempty"`
+	Committed  float64 `json:"committed,omitempty"`
 }
+
+// seconds is a layer time for the summary: to the millisecond, 0 for none.
+func seconds(d time.Duration) float64 { return d.Round(time.Millisecond).Seconds() }
 
 // Totals add up the run. The summary, Plain's last line and Terminal's
 // total line all count finished images through add, so the three agree.
@@ -91,7 +105,11 @@ func NewSummary(results []*pull.Result, wall time.Duration) Summary {
 			Attempts: r.Attempts, Present: r.Present, DurationSeconds: r.Duration.Seconds(),
 		}
 		for _, l := range r.Layers {
-			img.Layers = append(img.Layers, LayerSummary{Digest: l.Digest, Size: l.Size, How: l.How, Fetched: l.BytesFetched, WaitEnded: l.WaitEnded})
+			img.Layers = append(img.Layers, LayerSummary{
+				Digest: l.Digest, Size: l.Size, How: l.How, Fetched: l.BytesFetched, WaitEnded: l.WaitEnded,
+				Queued: seconds(l.Timing.Queued), FetchStart: seconds(l.Timing.FetchStart), FetchEnd: seconds(l.Timing.FetchEnd),
+				WaitStart: seconds(l.Timing.WaitStart), WaitEnd: seconds(l.Timing.WaitEnd), Committed: seconds(l.Timing.Committed),
+			})
 		}
 		if r.Failed() {
 			img.Error = OneLine(r.Err) // as the displays print it

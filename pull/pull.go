@@ -89,6 +89,7 @@ func (o *Options) setDefaults() {
 // be resolved get a Result with only Inputs and Err set.
 func Run(ctx context.Context, inputs []string, opts Options) []*Result {
 	opts.setDefaults()
+	runStart := time.Now() // layer timings count from here, resolving included
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 
@@ -134,7 +135,7 @@ func Run(ctx context.Context, inputs []string, opts Options) []*Result {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			run := &imagePull{index: i, target: t, result: results[i], opts: &opts, coord: coord, runProgress: runProgress, slots: slots, stopRun: cancel}
+			run := &imagePull{index: i, target: t, result: results[i], opts: &opts, coord: coord, runProgress: runProgress, runStart: runStart, slots: slots, stopRun: cancel}
 			if t.local != nil {
 				run.keep(ctx)
 			} else {
@@ -261,6 +262,7 @@ type imagePull struct {
 	slots  *slots
 	// runProgress is when any image of the run last made progress (watchdog).
 	runProgress *runClock
+	runStart    time.Time // what layer timings are measured from
 	// image is the current attempt's part in the coordination.
 	image *commit.Image
 	// stopRun cancels every image of the run, with the cause (failStore).
@@ -275,6 +277,34 @@ type imagePull struct {
 	waitEnds map[digest.Digest]commit.WaitEnd
 	partial  map[digest.Digest]bool
 	layerIdx map[digest.Digest]int
+	timing   map[digest.Digest]*LayerTiming
+}
+
+// mark records, at the time since the run started, the time of blob's
+// layer (LayerTiming) that field picks, unless that time is set already.
+// (A layer's "done" event and its commit come in either order: an upper
+// layer's commit waits for the lower layers', a lower layer's commit
+// precedes its event. The first of them ends the fetch.)
+func (ip *imagePull) mark(blob digest.Digest, field func(t *LayerTiming) *time.Duration) {
+	ip.markAt(blob, field, false)
+}
+
+// markAt is mark, or with overwrite the time replaces one set before (the
+// end of the last of several waits for a blob).
+func (ip *imagePull) markAt(blob digest.Digest, field func(t *LayerTiming) *time.Duration, overwrite bool) {
+	ip.mu.Lock()
+	defer ip.mu.Unlock()
+	if _, isLayer := ip.layerIdx[blob]; !isLayer {
+		return // the config
+	}
+	t := ip.timing[blob]
+	if t == nil {
+		t = &LayerTiming{}
+		ip.timing[blob] = t
+	}
+	if at := field(t); *at == 0 || overwrite {
+		*at = time.Since(ip.runStart)
+	}
 }
 
 func (ip *imagePull) emit(e Event) {
@@ -292,6 +322,7 @@ func (ip *imagePull) pull(ctx context.Context) {
 	ip.waitEnds = map[digest.Digest]commit.WaitEnd{}
 	ip.partial = map[digest.Digest]bool{}
 	ip.layerIdx = map[digest.Digest]int{}
+	ip.timing = map[digest.Digest]*LayerTiming{}
 	for i, l := range ip.target.layers {
 		ip.layerIdx[l.Digest] = i
 	}
@@ -357,11 +388,21 @@ func (ip *imagePull) checkPlatform(ctx context.Context) {
 
 // copy runs one attempt: one copy.Image of the image, watched by wd.
 func (ip *imagePull) copy(ctx context.Context, wd *watchdog) error {
+	ip.mu.Lock()
+	for _, l := range ip.target.layers {
+		if t := ip.timing[l.Digest]; t == nil || t.Committed == 0 {
+			ip.timing[l.Digest] = &LayerTiming{Queued: time.Since(ip.runStart)} // this attempt's, afresh
+		}
+	}
+	ip.mu.Unlock()
 	image := ip.coord.Join(ctx, ip.index, commit.Hooks{
-		WaitStarted:   func(blob digest.Digest, owner string) { ip.waitStarted(wd, blob, owner) },
-		WaitEnded:     func(w commit.WaitEvent) { ip.waitEnded(wd, w) },
-		CommitStarted: wd.committing,
-		Committed:     ip.committed,
+		WaitStarted: func(blob digest.Digest, owner string) { ip.waitStarted(wd, blob, owner) },
+		WaitEnded:   func(w commit.WaitEvent) { ip.waitEnded(wd, w) },
+		CommitStarted: func(blob digest.Digest) {
+			wd.committing(blob)
+			ip.mark(blob, func(t *LayerTiming) *time.Duration { return &t.FetchEnd })
+		},
+		Committed: ip.committed,
 		CommitFailed: func(blob digest.Digest, err error) {
 			if blob != "" {
 				err = fmt.Errorf("committing the layer of blob %s: %w", blob, err)
@@ -429,6 +470,7 @@ func (ip *imagePull) copy(ctx context.Context, wd *watchdog) error {
 // and its watchdog judges nothing (containers/image holds the image's lock).
 func (ip *imagePull) waitStarted(wd *watchdog, blob digest.Digest, owner string) {
 	wd.waitStarted()
+	ip.mark(blob, func(t *LayerTiming) *time.Duration { return &t.WaitStart })
 	ip.mu.Lock()
 	if ip.waits++; ip.waits == 1 {
 		ip.lent = ip.slots.lend(int64(len(ip.target.layers)))
@@ -440,6 +482,7 @@ func (ip *imagePull) waitStarted(wd *watchdog, blob digest.Digest, owner string)
 // waitEnded: the wait for w.Blob ended; the last one takes the slots back.
 func (ip *imagePull) waitEnded(wd *watchdog, w commit.WaitEvent) {
 	wd.waitEnded()
+	ip.markAt(w.Blob, func(t *LayerTiming) *time.Duration { return &t.WaitEnd }, true)
 	ip.mu.Lock()
 	ip.waitEnds[w.Blob] = w.End
 	if ip.waits--; ip.waits == 0 {
@@ -452,6 +495,7 @@ func (ip *imagePull) waitEnded(wd *watchdog, w commit.WaitEvent) {
 
 // committed: the image committed the layer made from blob.
 func (ip *imagePull) committed(blob digest.Digest, partial bool) {
+	ip.mark(blob, func(t *LayerTiming) *time.Duration { return &t.Committed })
 	ip.mu.Lock()
 	if partial {
 		ip.partial[blob] = true
@@ -469,6 +513,7 @@ func (ip *imagePull) onProgress(pp types.ProgressProperties) {
 	switch pp.Event {
 	case types.ProgressEventNewArtifact:
 		if isLayer {
+			ip.mark(d, func(t *LayerTiming) *time.Duration { return &t.FetchStart })
 			ip.emit(Event{Kind: EventLayerStarted, Blob: d, Size: pp.Artifact.Size})
 		}
 	case types.ProgressEventRead:
@@ -484,6 +529,7 @@ func (ip *imagePull) onProgress(pp types.ProgressProperties) {
 		ip.done[d] = true
 		n := ip.fetched[d]
 		ip.mu.Unlock()
+		ip.mark(d, func(t *LayerTiming) *time.Duration { return &t.FetchEnd })
 		if isLayer {
 			ip.emit(Event{Kind: EventLayerRead, Blob: d, Bytes: int64(pp.OffsetUpdate), Size: pp.Artifact.Size})
 			ip.emit(Event{Kind: EventLayerDone, Blob: d, How: Fetched, Bytes: n, Size: pp.Artifact.Size})
@@ -496,6 +542,7 @@ func (ip *imagePull) onProgress(pp types.ProgressProperties) {
 		ip.mu.Lock()
 		ip.skipped[d] = how
 		ip.mu.Unlock()
+		ip.mark(d, func(t *LayerTiming) *time.Duration { return &t.Committed })
 		if isLayer {
 			ip.emit(Event{Kind: EventLayerDone, Blob: d, How: how, Size: pp.Artifact.Size})
 		}
@@ -515,6 +562,9 @@ func (ip *imagePull) finishLayers() {
 		l := &ip.result.Layers[i]
 		l.BytesFetched = ip.fetched[l.Digest]
 		l.WaitEnded = ip.waitEnds[l.Digest]
+		if t := ip.timing[l.Digest]; t != nil {
+			l.Timing = *t
+		}
 		switch {
 		case ip.partial[l.Digest]:
 			l.How = Partial

@@ -29,6 +29,19 @@ type Layer struct {
 	// WaitEnded says how this image's last wait for another pull's fetch of
 	// the blob ended, "" if it did not wait for it.
 	WaitEnded commit.WaitEnd
+	// Timing says when things happened to the layer, in the attempt that
+	// obtained it.
+	Timing LayerTiming
+}
+
+// LayerTiming is when things happened to one layer, each as the time since
+// the run started; zero for what did not happen. A layer waits for a --jobs
+// slot from Queued (its image's attempt started) to FetchStart;
+// containers/image fetches it until FetchEnd, or the image waits for
+// another pull's fetch of it from WaitStart to WaitEnd; Committed is when
+// the layer was in the store for the image (committed, or found there).
+type LayerTiming struct {
+	Queued, FetchStart, FetchEnd, WaitStart, WaitEnd, Committed time.Duration
 }
 
 // Result is the outcome of one image of the run.

@@ -7,14 +7,19 @@ package tests
 import (
 	"bytes"
 	"fmt"
+	"net/http"
 	"os/exec"
 	"regexp"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	digest "github.com/opencontainers/go-digest"
+
 	"github.com/herd-project/herd/progress"
+	"github.com/herd-project/herd/pull"
 	"github.com/herd-project/herd/tests/internal/testimage"
 	"github.com/herd-project/herd/tests/internal/testregistry"
 )
@@ -391,5 +396,59 @@ func TestJSONSummaryMatchesRegistry(t *testing.T) {
 	checkBytes("second run", s)
 	if n := e.layerBytes(all...); n != 0 {
 		t.Errorf("second run: the registry served %d bytes of layers already in the store", n)
+	}
+}
+
+// Issue 11: the JSON summary says when things happened to each layer, in
+// seconds from the run's start and in order: a fetched layer queued,
+// started, ended its fetch and was committed; a layer another image was
+// fetching was waited for, then was in the store. The registry holds the
+// shared blob back a while, so that the second image's lookup finds the
+// first one's fetch under way.
+func TestJSONSummaryLayerTimings(t *testing.T) {
+	e := newEnv(t, testregistry.Options{})
+	a := e.push("timed-a:1", testimage.Image{Layers: []testimage.Layer{baseLayer, ownLayer(61)}}, "gzip")
+	b := e.push("timed-b:1", testimage.Image{Layers: []testimage.Layer{baseLayer, ownLayer(62)}}, "gzip")
+	shared := a.Layers[0].Digest
+	var once sync.Once
+	e.reg.SetBlobHook(func(w http.ResponseWriter, req *http.Request, d digest.Digest) bool {
+		if d == shared {
+			once.Do(func() { time.Sleep(300 * time.Millisecond) })
+		}
+		return false // then served as usual
+	})
+	s, r := e.summary("-j", "4", a.Ref, b.Ref)
+	if r.code != 0 {
+		t.Fatalf("herd pull exited %d\n%s", r.code, r.stderr)
+	}
+	ordered := func(what string, times ...float64) {
+		t.Helper()
+		for i, v := range times {
+			if v <= 0 || v > s.Totals.WallSeconds || (i > 0 && v < times[i-1]) {
+				t.Errorf("%s: times %v are not in order within the run's %.3fs", what, times, s.Totals.WallSeconds)
+				return
+			}
+		}
+	}
+	waited := 0
+	for _, img := range s.Images {
+		for _, l := range img.Layers {
+			what := img.Inputs[0] + " layer " + l.Digest.String()
+			switch l.How {
+			case pull.Fetched:
+				ordered(what, l.Queued, l.FetchStart, l.FetchEnd, l.Committed)
+				if l.Digest == shared && l.FetchEnd-l.FetchStart < 0.3 {
+					t.Errorf("%s: fetched from %.3fs to %.3fs, though the registry held it back 0.3s", what, l.FetchStart, l.FetchEnd)
+				}
+			case pull.Waited:
+				waited++
+				ordered(what, l.Queued, l.WaitStart, l.WaitEnd, l.Committed)
+			default:
+				t.Errorf("%s was %q; want it fetched or waited for", what, l.How)
+			}
+		}
+	}
+	if waited != 1 {
+		t.Errorf("%d layers were waited for, want 1 (the shared one, by the second image)\n%s", waited, r.stderr)
 	}
 }
