@@ -48,15 +48,7 @@ func Plan(ctx context.Context, inputs []string, opts Options) Preview {
 	opts.setDefaults()
 	targets, results := resolveAll(ctx, dedupStrings(inputs), opts)
 	diffIDs, _ := blobinfocache.DefaultCache(opts.System).(commit.DiffIDs) // as Run's coordinator looks
-	// Images per layer blob, those the pull policy keeps included: their
-	// layers are shared all the same.
-	var all commit.Plan
-	for _, t := range targets {
-		if t != nil {
-			all = append(all, commit.PlannedImage{Layers: planLayers(t)})
-		}
-	}
-	needs := all.Needs()
+	needs := needsOf(targets)                                              // images per layer blob
 	var p Preview
 	counted := map[digest.Digest]bool{} // blobs already counted for an image above
 	for i, t := range targets {

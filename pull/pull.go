@@ -128,10 +128,8 @@ func Run(ctx context.Context, inputs []string, opts Options) []*Result {
 	}
 	slots := newSlots(ctx, opts.Jobs, reserve)
 	var wg sync.WaitGroup
-	for i, t := range targets {
-		if t == nil {
-			continue // resolving it failed; its result says why
-		}
+	for _, i := range startOrder(targets) {
+		t := targets[i]
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -207,6 +205,48 @@ func resolveAll(ctx context.Context, inputs []string, opts Options) ([]*target, 
 		}
 	}
 	return targets, results
+}
+
+// startOrder is the order in which the images' copies start: the most bytes
+// of their own first (layers no other image of the run needs), the input
+// order among equals; images that did not resolve are left out. Every
+// image's layers queue for the shared --jobs slots in layer order, and the
+// slots are handed out first come, first served, so the images started
+// first get the link first: an image whose large layer of its own starts
+// last would be the run's tail, one layer fetched and applied on one core
+// while the rest are done. Shared layers gain nothing from going first or
+// last: one image fetches them, the others wait and lend their slots.
+func startOrder(targets []*target) []int {
+	needs := needsOf(targets)
+	own := make([]int64, len(targets))
+	var order []int
+	for i, t := range targets {
+		if t == nil {
+			continue
+		}
+		order = append(order, i)
+		counted := map[digest.Digest]bool{}
+		for _, l := range t.layers {
+			if needs[l.Digest] == 1 && !counted[l.Digest] {
+				counted[l.Digest] = true
+				own[i] += l.Size
+			}
+		}
+	}
+	slices.SortStableFunc(order, func(a, b int) int { return cmp.Compare(own[b], own[a]) })
+	return order
+}
+
+// needsOf says how many of the targets need each layer blob, those the pull
+// policy keeps included (commit.Plan.Needs).
+func needsOf(targets []*target) map[digest.Digest]int {
+	var all commit.Plan
+	for _, t := range targets {
+		if t != nil {
+			all = append(all, commit.PlannedImage{Layers: planLayers(t)})
+		}
+	}
+	return all.Needs()
 }
 
 // planOf is what the coordinator needs to know of the run before it starts:
