@@ -40,7 +40,7 @@ type pullOptions struct {
 func (o *pullOptions) flags(c *cobra.Command) {
 	fs := c.Flags()
 	fs.SortFlags = false
-	fs.IntVarP(&o.jobs, "jobs", "j", pull.DefaultJobs, "number of blobs copied at once, across all images")
+	fs.IntVarP(&o.jobs, "jobs", "j", pull.DefaultJobs, "number of blobs copied at once, across all images; containers.conf's image_parallel_copies, if set, replaces the default")
 	fs.StringArrayVar(&o.files, "file", nil, "read image references from `PATH`, one per line, # starts a comment; - is standard input (repeatable)")
 	fs.BoolVarP(&o.quiet, "quiet", "q", false, "print only the pulled image IDs, one per line")
 	fs.StringVar(&o.format, "format", "text", "what to print on standard output at the end: `text` (image IDs) or json (a summary of the run, see README)")
@@ -69,7 +69,12 @@ output; progress and errors go to standard error.
 
 Exit status: 0 if every image was pulled, 1 if any failed (all are still
 attempted unless --fail-fast), 2 for usage errors, 125 when herd could not
-start (configuration, storage, policy), 130 or 143 when interrupted.`,
+start (configuration, storage, policy), 130 or 143 when interrupted.
+
+containers.conf's [engine] table, read as podman reads it (CONTAINERS_CONF,
+CONTAINERS_CONF_OVERRIDE), sets the defaults of --jobs
+(image_parallel_copies), --retry (retry) and --retry-delay (retry_delay), and
+where big temporary files go (image_copy_tmp_dir; $TMPDIR wins over it).`,
 		Example: `  herd pull docker.io/library/alpine:3.20 quay.io/fedora/fedora:40
   herd pull oci-archive:app.tar docker-archive:base.tar
   herd pull -j 8 --file images.txt
@@ -198,6 +203,11 @@ func checkReference(ref string) error {
 // returned cleanup shuts the store down and removes the run's temporary
 // directory.
 func (o *pullOptions) start(c *cobra.Command) (pull.Options, func(), error) {
+	// containers.conf gives the flags not given their values (containersconf.go).
+	engine, err := o.containersConf(c.Flags())
+	if err != nil {
+		return pull.Options{}, nil, err
+	}
 	// HERD_BLOB_LOCKS=off leaves other herd processes out of the run's
 	// coordination: for the benchmark's two-process rows without them.
 	opts := pull.Options{Jobs: o.jobs, FailFast: o.failFast, NoBlobLocks: os.Getenv("HERD_BLOB_LOCKS") == "off"}
@@ -234,7 +244,7 @@ func (o *pullOptions) start(c *cobra.Command) (pull.Options, func(), error) {
 	// Big temporary files go to one directory per run that herd removes
 	// itself, so that a failed or interrupted run leaves nothing in /var/tmp;
 	// a killed run's directory is removed by the next run (tmpdir.go).
-	tmp, removeTmp, err := runTempDir(TempDir())
+	tmp, removeTmp, err := runTempDir(engine.tempBase(store.GraphRoot()))
 	if err != nil {
 		shutdown()
 		return opts, nil, err

@@ -11,7 +11,8 @@ import (
 // retryOptions are podman pull's --retry and --retry-delay (skopeo's retry
 // flags are the model: the values go straight to containers/common's
 // pkg/retry), and --stall-timeout, herd's bound on a transfer that delivers
-// nothing.
+// nothing. containers.conf's retry and retry_delay replace the defaults of
+// the first two (containersconf.go).
 type retryOptions struct {
 	retries      uint
 	delay        time.Duration
@@ -19,8 +20,8 @@ type retryOptions struct {
 }
 
 func (o *retryOptions) flags(fs *pflag.FlagSet) {
-	fs.UintVar(&o.retries, "retry", pull.DefaultRetries, "number of times to retry pulling an image after a transient failure (network error, HTTP 5xx or 429, stalled transfer)")
-	fs.DurationVar(&o.delay, "retry-delay", 0, "wait `DURATION` between retries (default: exponential backoff from 1s)")
+	fs.UintVar(&o.retries, "retry", pull.DefaultRetries, "number of times to retry pulling an image after a transient failure (network error, HTTP 5xx or 429, stalled transfer); containers.conf's retry, if set, replaces the default")
+	fs.DurationVar(&o.delay, "retry-delay", 0, "wait `DURATION` between retries (default: containers.conf's retry_delay, else exponential backoff from 1s)")
 	fs.DurationVar(&o.stallTimeout, "stall-timeout", pull.DefaultStallTimeout, "abandon and retry an image's transfer when it receives less than 1 KiB in `DURATION`")
 }
 

@@ -14,8 +14,10 @@ import (
 
 // TempDir is the base directory for big temporary files: $TMPDIR, else
 // /var/tmp, podman's image_copy_tmp_dir default (image blobs are too big for
-// a tmpfs /tmp). The benchmark's baseline uses it too, so that both stage
-// blobs on the same disk.
+// a tmpfs /tmp). herd pull takes containers.conf's image_copy_tmp_dir over
+// /var/tmp (containersconf.go); $TMPDIR wins over both. The benchmark's
+// baseline uses it too, so that both stage blobs on the same disk (the
+// benchmark sets $TMPDIR for both).
 func TempDir() string {
 	if d := os.Getenv("TMPDIR"); d != "" {
 		return d
