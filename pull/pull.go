@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"path/filepath"
 	"runtime"
-	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -207,71 +206,6 @@ func resolveAll(ctx context.Context, inputs []string, opts Options) ([]*target, 
 	return targets, results
 }
 
-// startOrder is the order in which the images' copies start: the most bytes
-// of their own first (layers no other image of the run needs), the input
-// order among equals; images that did not resolve are left out. Every
-// image's layers queue for the shared --jobs slots in layer order, and the
-// slots are handed out first come, first served, so the images started
-// first get the link first: an image whose large layer of its own starts
-// last would be the run's tail, one layer fetched and applied on one core
-// while the rest are done. Shared layers gain nothing from going first or
-// last: one image fetches them, the others wait and lend their slots.
-func startOrder(targets []*target) []int {
-	needs := needsOf(targets)
-	own := make([]int64, len(targets))
-	var order []int
-	for i, t := range targets {
-		if t == nil {
-			continue
-		}
-		order = append(order, i)
-		counted := map[digest.Digest]bool{}
-		for _, l := range t.layers {
-			if needs[l.Digest] == 1 && !counted[l.Digest] {
-				counted[l.Digest] = true
-				own[i] += l.Size
-			}
-		}
-	}
-	slices.SortStableFunc(order, func(a, b int) int { return cmp.Compare(own[b], own[a]) })
-	return order
-}
-
-// needsOf says how many of the targets need each layer blob, those the pull
-// policy keeps included (commit.Plan.Needs).
-func needsOf(targets []*target) map[digest.Digest]int {
-	var all commit.Plan
-	for _, t := range targets {
-		if t != nil {
-			all = append(all, commit.PlannedImage{Layers: planLayers(t)})
-		}
-	}
-	return all.Needs()
-}
-
-// planOf is what the coordinator needs to know of the run before it starts:
-// every image's layers, by the image's index in the run (an image that did
-// not resolve has none).
-func planOf(targets []*target, results []*Result) commit.Plan {
-	plan := make(commit.Plan, len(targets))
-	for i, t := range targets {
-		plan[i].Name = results[i].Name()
-		if t == nil || t.local != nil { // nothing to pull
-			continue
-		}
-		plan[i].Layers = planLayers(t)
-	}
-	return plan
-}
-
-func planLayers(t *target) []commit.Layer {
-	layers := make([]commit.Layer, len(t.layers))
-	for i, l := range t.layers {
-		layers[i] = commit.Layer{Blob: l.Digest, TOC: tocDigest(l)}
-	}
-	return layers
-}
-
 func dedupStrings(in []string) []string {
 	seen := map[string]bool{}
 	var out []string
@@ -318,33 +252,6 @@ type imagePull struct {
 	partial  map[digest.Digest]bool
 	layerIdx map[digest.Digest]int
 	timing   map[digest.Digest]*LayerTiming
-}
-
-// mark records, at the time since the run started, the time of blob's
-// layer (LayerTiming) that field picks, unless that time is set already.
-// (A layer's "done" event and its commit come in either order: an upper
-// layer's commit waits for the lower layers', a lower layer's commit
-// precedes its event. The first of them ends the fetch.)
-func (ip *imagePull) mark(blob digest.Digest, field func(t *LayerTiming) *time.Duration) {
-	ip.markAt(blob, field, false)
-}
-
-// markAt is mark, or with overwrite the time replaces one set before (the
-// end of the last of several waits for a blob).
-func (ip *imagePull) markAt(blob digest.Digest, field func(t *LayerTiming) *time.Duration, overwrite bool) {
-	ip.mu.Lock()
-	defer ip.mu.Unlock()
-	if _, isLayer := ip.layerIdx[blob]; !isLayer {
-		return // the config
-	}
-	t := ip.timing[blob]
-	if t == nil {
-		t = &LayerTiming{}
-		ip.timing[blob] = t
-	}
-	if at := field(t); *at == 0 || overwrite {
-		*at = time.Since(ip.runStart)
-	}
 }
 
 func (ip *imagePull) emit(e Event) {
@@ -503,120 +410,6 @@ func (ip *imagePull) copy(ctx context.Context, wd *watchdog) error {
 		err = fmt.Errorf("config blob %s: %w", ip.target.config.Digest, err)
 	}
 	return err
-}
-
-// waitStarted: the image waits for owner's fetch of blob. While it waits it
-// lends the run the slots it may hold (pull/slots.go, commit's invariant 4),
-// and its watchdog judges nothing (containers/image holds the image's lock).
-func (ip *imagePull) waitStarted(wd *watchdog, blob digest.Digest, owner string) {
-	wd.waitStarted()
-	ip.mark(blob, func(t *LayerTiming) *time.Duration { return &t.WaitStart })
-	ip.mu.Lock()
-	if ip.waits++; ip.waits == 1 {
-		ip.lent = ip.slots.lend(int64(len(ip.target.layers)))
-	}
-	ip.mu.Unlock()
-	ip.emit(Event{Kind: EventLayerWaiting, Blob: blob, Owner: owner})
-}
-
-// waitEnded: the wait for w.Blob ended; the last one takes the slots back.
-func (ip *imagePull) waitEnded(wd *watchdog, w commit.WaitEvent) {
-	wd.waitEnded()
-	ip.markAt(w.Blob, func(t *LayerTiming) *time.Duration { return &t.WaitEnd }, true)
-	ip.mu.Lock()
-	ip.waitEnds[w.Blob] = w.End
-	if ip.waits--; ip.waits == 0 {
-		ip.slots.reclaim(ip.lent)
-		ip.lent = 0
-	}
-	ip.mu.Unlock()
-	logrus.Debugf("%s: waited %s for %s (pulled by %s): %s", ip.result.Name(), w.Waited.Round(time.Millisecond), w.Blob, w.Owner, w.End)
-}
-
-// committed: the image committed the layer made from blob.
-func (ip *imagePull) committed(blob digest.Digest, partial bool) {
-	ip.mark(blob, func(t *LayerTiming) *time.Duration { return &t.Committed })
-	ip.mu.Lock()
-	if partial {
-		ip.partial[blob] = true
-	}
-	ip.mu.Unlock()
-	ip.emit(Event{Kind: EventLayerCommitted, Blob: blob})
-}
-
-// onProgress turns containers/image's progress events into herd's, after
-// the coordinator has seen them.
-func (ip *imagePull) onProgress(pp types.ProgressProperties) {
-	obtained := ip.image.Progress(pp)
-	d := pp.Artifact.Digest
-	_, isLayer := ip.layerIdx[d]
-	switch pp.Event {
-	case types.ProgressEventNewArtifact:
-		if isLayer {
-			ip.mark(d, func(t *LayerTiming) *time.Duration { return &t.FetchStart })
-			ip.emit(Event{Kind: EventLayerStarted, Blob: d, Size: pp.Artifact.Size})
-		}
-	case types.ProgressEventRead:
-		ip.mu.Lock()
-		ip.fetched[d] += int64(pp.OffsetUpdate)
-		ip.mu.Unlock()
-		if isLayer {
-			ip.emit(Event{Kind: EventLayerRead, Blob: d, Bytes: int64(pp.OffsetUpdate), Size: pp.Artifact.Size})
-		}
-	case types.ProgressEventDone:
-		ip.mu.Lock()
-		ip.fetched[d] += int64(pp.OffsetUpdate)
-		ip.done[d] = true
-		n := ip.fetched[d]
-		ip.mu.Unlock()
-		ip.mark(d, func(t *LayerTiming) *time.Duration { return &t.FetchEnd })
-		if isLayer {
-			ip.emit(Event{Kind: EventLayerRead, Blob: d, Bytes: int64(pp.OffsetUpdate), Size: pp.Artifact.Size})
-			ip.emit(Event{Kind: EventLayerDone, Blob: d, How: Fetched, Bytes: n, Size: pp.Artifact.Size})
-		}
-	case types.ProgressEventSkipped:
-		how := Reused
-		if obtained == commit.Waited {
-			how = Waited
-		}
-		ip.mu.Lock()
-		ip.skipped[d] = how
-		ip.mu.Unlock()
-		ip.mark(d, func(t *LayerTiming) *time.Duration { return &t.Committed })
-		if isLayer {
-			ip.emit(Event{Kind: EventLayerDone, Blob: d, How: how, Size: pp.Artifact.Size})
-		}
-	}
-}
-
-// finishLayers fills in how each layer was obtained once copy.Image returned.
-func (ip *imagePull) finishLayers() {
-	ip.mu.Lock()
-	defer ip.mu.Unlock()
-	var total int64
-	for _, n := range ip.fetched {
-		total += n
-	}
-	ip.result.BytesFetched = total
-	for i := range ip.result.Layers {
-		l := &ip.result.Layers[i]
-		l.BytesFetched = ip.fetched[l.Digest]
-		l.WaitEnded = ip.waitEnds[l.Digest]
-		if t := ip.timing[l.Digest]; t != nil {
-			l.Timing = *t
-		}
-		switch {
-		case ip.partial[l.Digest]:
-			l.How = Partial
-		case ip.done[l.Digest]:
-			l.How = Fetched
-		default:
-			l.How = ip.skipped[l.Digest] // "" if the pull failed before reaching it
-		}
-		if i > 0 && l.How != "" && slices.ContainsFunc(ip.result.Layers[:i], func(o Layer) bool { return o.Digest == l.Digest }) {
-			l.How, l.BytesFetched, l.WaitEnded = Reused, 0, "" // listed again: it reused the first occurrence's blob
-		}
-	}
 }
 
 // nameImage finds the pulled image in the store and gives it the names of
