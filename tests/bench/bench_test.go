@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -66,7 +67,7 @@ func TestBenchQuick(t *testing.T) {
 	table := stdout.String()
 	t.Logf("bench -quick:\n%s", table)
 
-	contenders := []string{"herd", "herd-preseeded", "herd-2proc", "herd-2proc-nolocks", "plaincopy"}
+	contenders := []string{"herd", "herd-preseeded", "herd-2proc", "herd-2proc-nolocks", "plaincopy", "plaincopy-seq"}
 	if cfg.podman != "" {
 		contenders = append(contenders, "podman-one-call", "podman-per-image")
 	} else {
@@ -114,6 +115,12 @@ func TestBenchQuick(t *testing.T) {
 		} else if b := img.Bounds(); b.Dx() < 200 || b.Dy() < 200 {
 			t.Errorf("plot of %s is only %dx%d", set, b.Dx(), b.Dy())
 		}
+	}
+	// herd's first fleet gzip run, drawn from its JSON summary (in a full
+	// run: the real set's).
+	checkPNG(t, filepath.Join(out, "timeline-fleet-gzip.png"))
+	if !strings.Contains(table, "timeline-fleet-gzip.png") {
+		t.Errorf("the report does not mention the timeline")
 	}
 	var raw savedResults
 	if b, err := os.ReadFile(filepath.Join(out, "results.json")); err != nil {
@@ -264,6 +271,16 @@ func TestFlags(t *testing.T) {
 	}
 	if len(cfg.plan) != len(standardPlan) || cfg.runs != 3 {
 		t.Errorf("no flags: plan of %d scenarios and %d runs, want the standard plan (%d) and 3", len(cfg.plan), cfg.runs, len(standardPlan))
+	}
+	// The standard plan's real rows: issue 11's contenders, gzip alone at 20 MiB/s.
+	real := cfg.plan[len(cfg.plan)-1]
+	var names []string
+	for _, c := range cfg.contenderList(real) {
+		names = append(names, c.String())
+	}
+	if want := []string{"herd -j 4", "plaincopy -j 4", "plaincopy-seq -j 4"}; real.set != "real" || real.pulls("zstd:chunked") ||
+		len(names) != 5 || !slices.Equal(names[:3], want) {
+		t.Errorf("standard plan's last scenario %+v runs %q, want the real set in gzip only, with %q and podman's", real, names, want)
 	}
 	cfg, err = parseFlags([]string{"-sets", "same,fleet", "-j", "1,3", "-limits", "0,50"}, &stderr)
 	if err != nil {

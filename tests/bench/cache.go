@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/herd-project/herd/tests/internal/testimage"
@@ -32,10 +33,11 @@ type imageCache struct {
 	// reads into these too: encoding/json matches keys regardless of case.)
 	sets  map[string][]testimage.Pushed
 	scale scale
+	root  string // the -cache directory, which also holds the real set's build (real.go)
 }
 
 func openCache(dir string, sc scale, name string) (*imageCache, error) {
-	c := &imageCache{dir: filepath.Join(dir, fmt.Sprintf("%s-v%d", name, cacheVersion)), sets: map[string][]testimage.Pushed{}, scale: sc}
+	c := &imageCache{dir: filepath.Join(dir, fmt.Sprintf("%s-v%d", name, cacheVersion)), sets: map[string][]testimage.Pushed{}, scale: sc, root: dir}
 	if err := os.MkdirAll(c.registryDir(), 0o755); err != nil {
 		return nil, fmt.Errorf("creating the image cache: %w", err)
 	}
@@ -57,12 +59,21 @@ func (c *imageCache) indexPath() string   { return filepath.Join(c.dir, "sets.js
 
 func setKey(set, compression string) string { return set + "/" + compression }
 
-// ensure pushes every (set, compression) the cache does not hold yet.
+// ensure pushes every (set, compression) the cache does not hold yet,
+// building the real set first if it was never built.
 func (c *imageCache) ensure(ctx context.Context, sets, compressions []string, logf func(string, ...any)) error {
+	var real *realIndex
+	if slices.Contains(sets, "real") {
+		var err error
+		if real, err = loadReal(ctx, realDir(c.root), logf); err != nil {
+			return err
+		}
+	}
 	var missing [][2]string
 	for _, s := range sets {
 		for _, comp := range compressions {
-			if _, ok := c.sets[setKey(s, comp)]; !ok {
+			pushed, ok := c.sets[setKey(s, comp)]
+			if !ok || (s == "real" && !realPushed(pushed, real)) {
 				missing = append(missing, [2]string{s, comp})
 			}
 		}
@@ -84,22 +95,16 @@ func (c *imageCache) ensure(ctx context.Context, sets, compressions []string, lo
 	gen := newGenerator(c.scale)
 	for _, m := range missing {
 		set, comp := m[0], m[1]
-		logf("generating and pushing %s in %s into the image cache %s", set, comp, c.dir)
-		specs, err := gen.set(set)
+		var images []testimage.Pushed
+		if set == "real" {
+			logf("pushing the real set (%s) in %s into the image cache %s", realDir(c.root), comp, c.dir)
+			images, err = pushReal(ctx, reg.Host, work, realDir(c.root), real, comp)
+		} else {
+			logf("generating and pushing %s in %s into the image cache %s", set, comp, c.dir)
+			images, err = pushGenerated(ctx, pusher, gen, set, comp)
+		}
 		if err != nil {
 			return err
-		}
-		var images []testimage.Pushed
-		for _, spec := range specs {
-			for _, tag := range spec.tags {
-				path := fmt.Sprintf("%s/%s/%s:%s", set, strings.ReplaceAll(comp, ":", "-"), spec.repo, tag)
-				p, err := pusher.Push(ctx, path, testimage.Image{Layers: spec.layers}, comp)
-				if err != nil {
-					return err
-				}
-				p.Ref = path
-				images = append(images, p)
-			}
 		}
 		c.sets[setKey(set, comp)] = images
 		// Saved after each set, so an interrupted build keeps what it pushed.
@@ -115,4 +120,25 @@ func (c *imageCache) ensure(ctx context.Context, sets, compressions []string, lo
 		}
 	}
 	return nil
+}
+
+// pushGenerated pushes a synthetic set (sets.go) as set/compression/repo:tag.
+func pushGenerated(ctx context.Context, pusher *testimage.Pusher, gen *generator, set, comp string) ([]testimage.Pushed, error) {
+	specs, err := gen.set(set)
+	if err != nil {
+		return nil, err
+	}
+	var images []testimage.Pushed
+	for _, spec := range specs {
+		for _, tag := range spec.tags {
+			path := fmt.Sprintf("%s/%s/%s:%s", set, strings.ReplaceAll(comp, ":", "-"), spec.repo, tag)
+			p, err := pusher.Push(ctx, path, testimage.Image{Layers: spec.layers}, comp)
+			if err != nil {
+				return nil, err
+			}
+			p.Ref = path
+			images = append(images, p)
+		}
+	}
+	return images, nil
 }

@@ -72,6 +72,7 @@ type config struct {
 
 	cacheDir, out string
 	from          string // a results.json to print instead of running
+	timeline      string // a herd JSON summary to draw instead of running
 	work          string // per-benchmark scratch: stores, policy, confs
 	driver        string
 	policy        string
@@ -82,13 +83,13 @@ type config struct {
 func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	sets := fs.String("sets", strings.Join(setNames, ","), "image sets to pull: fleet, fleet16, same, similar (see README)")
+	sets := fs.String("sets", strings.Join(generatedSets, ","), "image sets to pull: fleet, fleet16, same, similar, real (Debian packages; built once, as root, from the Debian mirror: see README)")
 	comps := fs.String("compression", "gzip,zstd:chunked", "layer compressions to test: gzip, zstd, zstd:chunked")
 	jobs := fs.String("j", "2,4,8", "comma-separated -j values for herd and the plain copy.Image baseline")
 	refJobs := fs.Int("ref-j", 4, "the -j of herd that podman's rows are compared with")
 	limits := fs.String("limits", "0,100,20", "comma-separated bandwidth limits in MiB/s, shared by all connections; 0 is unthrottled")
 	runs := fs.Int("runs", 3, "runs per contender and setting; the table shows medians")
-	contenders := fs.String("contenders", "herd,herd-preseeded,herd-2proc,herd-2proc-nolocks,plaincopy,podman", "which contenders to run: herd, herd-before (-herd-before's binary), herd-preseeded (herd into a store that already has two of the set's images in another compression), herd-2proc (two herd processes pulling the set into one store at once), herd-2proc-nolocks (the same without the blob locks that let them share fetches), plaincopy, podman")
+	contenders := fs.String("contenders", "herd,herd-preseeded,herd-2proc,herd-2proc-nolocks,plaincopy,plaincopy-seq,podman", "which contenders to run: herd, herd-before (-herd-before's binary), herd-preseeded (herd into a store that already has two of the set's images in another compression), herd-2proc (two herd processes pulling the set into one store at once), herd-2proc-nolocks (the same without the blob locks that let them share fetches), plaincopy, plaincopy-seq (the same program pulling one image after another), podman; the standard plan runs some of them per set")
 	quick := fs.Bool("quick", false, "tiny images and a small matrix (one -j, one run, unthrottled): a smoke run in about a minute")
 	herd := fs.String("herd", "bin/herd", "the herd binary")
 	herdBefore := fs.String("herd-before", "", "another herd binary, e.g. a build of an earlier commit (make bench-before), pulled beside herd as contender herd-before")
@@ -99,9 +100,10 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	out := fs.String("out", "bin/bench", "directory for results.md, results.json and the plots")
 	from := fs.String("from", "", "print the report of a previous run's results.json (and write its plots to -out) instead of running")
 	work := fs.String("work", "", "directory for the stores being pulled into (default $TMPDIR or /var/tmp); needs space for a few stores")
+	timeline := fs.String("timeline", "", "draw the timeline of a saved `herd pull --format json` summary (FILE.json) as FILE.png in -out, and exit")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: bench [flags]\n\nPulls image sets with herd and its peers on fresh stores and prints a table of medians.\n\n"+
-			"Without -sets, -j or -limits it runs the standard plan (each in every -compression, with every contender):\n%s\n"+
+			"Without -sets, -j or -limits it runs the standard plan (each in every -compression unless it says otherwise, with those of its contenders -contenders names):\n%s\n"+
 			"Given any of them, it runs every combination of -sets, -j and -limits (the defaults below for those not given).\n\n", describePlan(standardPlan))
 		fs.PrintDefaults()
 	}
@@ -147,12 +149,12 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		}
 	}
 	for _, c := range splitList(*contenders) {
-		if !slices.Contains(herdContenders, c) && c != "plaincopy" && c != "podman" {
-			return nil, fmt.Errorf("-contenders %q: want %s, plaincopy or podman", c, strings.Join(herdContenders, ", "))
+		if !slices.Contains(herdContenders, c) && !slices.Contains(plainContenders, c) && c != "podman" {
+			return nil, fmt.Errorf("-contenders %q: want %s, %s or podman", c, strings.Join(herdContenders, ", "), strings.Join(plainContenders, ", "))
 		}
 		cfg.contenders[c] = true
 	}
-	cfg.from = *from
+	cfg.from, cfg.timeline = *from, *timeline
 	if cfg.runs < 1 || len(cfg.plan) == 0 || len(cfg.compressions) == 0 {
 		return nil, errors.New("need at least one run, set, compression, -j and limit")
 	}
@@ -164,6 +166,11 @@ type scenario struct {
 	set   string
 	limit int64 // bytes per second across all connections; 0 = unthrottled
 	jobs  []int
+	// compression, when set, is the only one of -compression pulled;
+	// contenders, when set, the only ones of -contenders run (podman for
+	// both podman rows).
+	compression string
+	contenders  []string
 }
 
 // standardPlan is what `make bench` runs: every target of the project at
@@ -172,15 +179,26 @@ type scenario struct {
 // and decompress up to 3-10x the set's bytes, and every row is 3 runs. The
 // -j sweep (the plot) is on the fleet; the slow 20 MiB/s link, the 16-image
 // fleet (herd's peak RSS target), the one-image-many-tags and the
-// similar-images cases run at -j 4.
+// similar-images cases run at -j 4. The real set's rows are issue 11's:
+// herd against copy.Image one image after another (plaincopy-seq) and
+// side by side (plaincopy), near the link's and the CPU's limits.
 var standardPlan = []scenario{
-	{set: "fleet", limit: 0, jobs: []int{2, 4, 8}},
-	{set: "fleet", limit: 100 * mib, jobs: []int{2, 4, 8}},
-	{set: "fleet", limit: 20 * mib, jobs: []int{4}},
-	{set: "fleet16", limit: 100 * mib, jobs: []int{4}},
-	{set: "same", limit: 100 * mib, jobs: []int{4}},
-	{set: "similar", limit: 100 * mib, jobs: []int{4}},
+	{set: "fleet", limit: 0, jobs: []int{2, 4, 8}, contenders: generatedContenders},
+	{set: "fleet", limit: 100 * mib, jobs: []int{2, 4, 8}, contenders: generatedContenders},
+	{set: "fleet", limit: 20 * mib, jobs: []int{4}, contenders: generatedContenders},
+	{set: "fleet16", limit: 100 * mib, jobs: []int{4}, contenders: generatedContenders},
+	{set: "same", limit: 100 * mib, jobs: []int{4}, contenders: generatedContenders},
+	{set: "similar", limit: 100 * mib, jobs: []int{4}, contenders: generatedContenders},
+	{set: "real", limit: 0, jobs: []int{4}, contenders: realContenders},
+	{set: "real", limit: 20 * mib, jobs: []int{4}, compression: "gzip", contenders: realContenders},
 }
+
+// The standard plan's contenders per set (herd-before runs only when
+// -contenders names it).
+var (
+	generatedContenders = []string{"herd", "herd-before", "herd-preseeded", "herd-2proc", "herd-2proc-nolocks", "plaincopy", "podman"}
+	realContenders      = []string{"herd", "herd-before", "plaincopy", "plaincopy-seq", "podman"}
+)
 
 // quickPlan is -quick's (tiny images): every set, unthrottled, -j 4.
 var quickPlan = []scenario{
@@ -192,10 +210,20 @@ var quickPlan = []scenario{
 func describePlan(plan []scenario) string {
 	var b strings.Builder
 	for _, sc := range plan {
-		fmt.Fprintf(&b, "  %-8s %-12s -j %s\n", sc.set, limitName(sc.limit), strings.Trim(strings.Join(strings.Fields(fmt.Sprint(sc.jobs)), ","), "[]"))
+		line := fmt.Sprintf("  %-8s %-12s -j %-6s", sc.set, limitName(sc.limit), strings.Trim(strings.Join(strings.Fields(fmt.Sprint(sc.jobs)), ","), "[]"))
+		if sc.compression != "" {
+			line += " " + sc.compression + " only"
+		}
+		if sc.contenders != nil {
+			line += " (" + strings.Join(sc.contenders, ",") + ")"
+		}
+		b.WriteString(strings.TrimRight(line, " ") + "\n")
 	}
 	return b.String()
 }
+
+// pulls reports whether sc pulls its set in comp.
+func (sc scenario) pulls(comp string) bool { return sc.compression == "" || sc.compression == comp }
 
 // crossPlan is every combination of the listed sets, -j values and limits.
 func crossPlan(sets, jobs, limits string) ([]scenario, error) {
@@ -315,6 +343,17 @@ func (cfg *config) prepare() error {
 
 // run builds or reuses the image sets, runs the whole matrix and reports.
 func run(ctx context.Context, cfg *config, stdout io.Writer) error {
+	if cfg.timeline != "" {
+		path := filepath.Join(cfg.out, strings.TrimSuffix(filepath.Base(cfg.timeline), ".json")+".png")
+		if err := os.MkdirAll(cfg.out, 0o755); err != nil {
+			return err
+		}
+		if err := drawTimelineFile(cfg.timeline, path); err != nil {
+			return err
+		}
+		fmt.Fprintln(stdout, path)
+		return nil
+	}
 	if cfg.from != "" {
 		res, err := loadResults(cfg.from, cfg)
 		if err != nil {
@@ -342,6 +381,9 @@ func run(ctx context.Context, cfg *config, stdout io.Writer) error {
 	}
 
 	res := &results{cfg: cfg, cells: map[rowKey][]measurement{}, unique: map[string]int64{}, images: map[string]int{}}
+	if err := os.MkdirAll(cfg.out, 0o755); err != nil { // the timeline's summary is written there during the run
+		return err
+	}
 	for _, set := range cfg.sets {
 		for _, comp := range cfg.compressions {
 			images := cache.sets[setKey(set, comp)]
@@ -371,8 +413,11 @@ func run(ctx context.Context, cfg *config, stdout io.Writer) error {
 				continue
 			}
 			for _, comp := range cfg.compressions {
+				if !sc.pulls(comp) {
+					continue
+				}
 				images := cache.sets[setKey(sc.set, comp)]
-				contenders := cfg.contenderList(sc.jobs)
+				contenders := cfg.contenderList(sc)
 				for i := range cfg.runs {
 					// Contenders take turns within each run, starting one
 					// further along each time, so load from outside the
@@ -383,8 +428,15 @@ func run(ctx context.Context, cfg *config, stdout io.Writer) error {
 						if c.name == "herd-preseeded" {
 							seed = preseed(cache, sc.set, comp)
 						}
-						m := r.measure(ctx, c, images, seed)
 						key := rowKey{set: sc.set, compression: comp, limit: limit, contender: c}
+						summary := ""
+						if i == 0 && key == res.timelineKey() {
+							summary = filepath.Join(cfg.out, timelineName(key)+".json")
+						}
+						m := r.measure(ctx, c, images, seed, summary)
+						if summary != "" && m.Err == "" {
+							res.timeline, res.timelineDir = timelineName(key), cfg.out
+						}
 						res.cells[key] = append(res.cells[key], m)
 						cfg.logf("%-8s %-12s %-11s %-22s run %d/%d: %s", sc.set, comp, limitName(limit), c, i+1, cfg.runs, m)
 					}
@@ -413,20 +465,26 @@ func preseed(cache *imageCache, set, comp string) []testimage.Pushed {
 	return []testimage.Pushed{images[0], images[len(images)/2]}
 }
 
-// herdContenders are the contenders that run herd, in table order.
-var herdContenders = []string{"herd", "herd-before", "herd-preseeded", "herd-2proc", "herd-2proc-nolocks"}
+// herdContenders are the contenders that run herd, in table order;
+// plainContenders those that run the plain copy.Image program.
+var (
+	herdContenders  = []string{"herd", "herd-before", "herd-preseeded", "herd-2proc", "herd-2proc-nolocks"}
+	plainContenders = []string{"plaincopy", "plaincopy-seq"}
+)
 
-// contenderList is every contender configuration of one setting, in table order.
-func (cfg *config) contenderList(jobs []int) []contender {
+// contenderList is every contender configuration of one scenario, in table
+// order: those both -contenders and the scenario name.
+func (cfg *config) contenderList(sc scenario) []contender {
+	runs := func(name string) bool { return sc.contenders == nil || slices.Contains(sc.contenders, name) }
 	var cs []contender
-	for _, name := range append(slices.Clone(herdContenders), "plaincopy") {
-		if cfg.contenders[name] {
-			for _, j := range jobs {
+	for _, name := range append(slices.Clone(herdContenders), plainContenders...) {
+		if cfg.contenders[name] && runs(name) {
+			for _, j := range sc.jobs {
 				cs = append(cs, contender{name: name, jobs: j})
 			}
 		}
 	}
-	if cfg.podman != "" {
+	if cfg.podman != "" && runs("podman") {
 		cs = append(cs, contender{name: "podman-one-call"}, contender{name: "podman-per-image"})
 	}
 	return cs

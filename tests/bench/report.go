@@ -33,6 +33,25 @@ type results struct {
 	cells  map[rowKey][]measurement
 	unique map[string]int64 // setKey → unique layer bytes
 	images map[string]int   // setKey → references pulled
+	// timeline is the name (without .json or .png) of the herd summary kept
+	// for a timeline picture, "" if none; timelineDir holds its .json.
+	timeline, timelineDir string
+}
+
+// timelineKey is the row whose first herd run is kept and drawn: the real
+// set, gzip, unthrottled, at the -j podman is compared with (the fleet in
+// a -quick run, so that the smoke run draws one too).
+func (res *results) timelineKey() rowKey {
+	set := "real"
+	if res.cfg.quick {
+		set = "fleet"
+	}
+	return rowKey{set: set, compression: "gzip", limit: 0, contender: contender{name: "herd", jobs: res.cfg.refJobs}}
+}
+
+// timelineName is the file name (without .json or .png) of k's timeline.
+func timelineName(k rowKey) string {
+	return "timeline-" + k.set + "-" + strings.ReplaceAll(k.compression, ":", "-")
 }
 
 // row is the medians of one rowKey's runs.
@@ -42,6 +61,7 @@ type row struct {
 	served, rss        int64
 	bytesRatio         float64 // served / unique layer bytes
 	maxBytesRatio      float64 // the same, in the run that fetched most
+	minBytesRatio      float64 // and in the run that fetched least
 	failed             string  // the first failure, if any run failed
 	rssAtFloor         bool    // some run's peak RSS was at the launcher's floor
 	ok                 int     // successful runs
@@ -77,6 +97,7 @@ func (res *results) row(k rowKey) (row, bool) {
 	if u := res.unique[setKey(k.set, k.compression)]; u > 0 {
 		r.bytesRatio = float64(r.served) / float64(u)
 		r.maxBytesRatio = slices.Max(served) / float64(u)
+		r.minBytesRatio = slices.Min(served) / float64(u)
 	}
 	if k.contender.name != "herd" {
 		hk := k
@@ -108,10 +129,10 @@ func (res *results) rows() []row {
 	for _, set := range res.cfg.sets {
 		for _, comp := range res.cfg.compressions {
 			for _, sc := range res.cfg.plan {
-				if sc.set != set {
+				if sc.set != set || !sc.pulls(comp) {
 					continue
 				}
-				for _, c := range res.cfg.contenderList(sc.jobs) {
+				for _, c := range res.cfg.contenderList(sc) {
 					if r, ok := res.row(rowKey{set, comp, sc.limit, c}); ok {
 						out = append(out, r)
 					}
@@ -150,6 +171,23 @@ func (res *results) report(w io.Writer) error {
 		}
 		res.cfg.logf("wrote %s", path)
 	}
+	if res.timeline != "" {
+		src, dst := filepath.Join(res.timelineDir, res.timeline+".json"), filepath.Join(res.cfg.out, res.timeline+".json")
+		if src != dst {
+			b, err := os.ReadFile(src)
+			if err != nil {
+				return fmt.Errorf("the timeline's summary: %w", err)
+			}
+			if err := os.WriteFile(dst, b, 0o644); err != nil {
+				return err
+			}
+		}
+		path := filepath.Join(res.cfg.out, res.timeline+".png")
+		if err := drawTimelineFile(dst, path); err != nil {
+			return fmt.Errorf("drawing the timeline: %w", err)
+		}
+		res.cfg.logf("wrote %s", path)
+	}
 	return nil
 }
 
@@ -176,6 +214,12 @@ func (res *results) markdown(b *strings.Builder) {
 		"podman-per-image's peak RSS is the sum of its processes' peaks. "+
 		"A peak RSS cannot be read below %.0f MiB (the launcher's own, which Linux gives every program it starts as its initial peak); "+
 		"* marks a figure where some process was at that floor.\n", cfg.refJobs, float64(res.floor())/mib)
+	if res.timeline != "" {
+		k := res.timelineKey()
+		fmt.Fprintf(b, "\n%s.png pictures herd's first run of %s %s %s -j %d from its JSON summary (%s.json): "+
+			"a row per image, a lane per layer, bars for queued (for a -j slot), fetching, waiting for another image's fetch and committing.\n",
+			res.timeline, k.set, k.compression, limitName(k.limit), k.contender.jobs, res.timeline)
+	}
 	if failed := res.failures(); failed != "" {
 		b.WriteString("\nFailures:\n" + failed)
 	}
@@ -264,12 +308,17 @@ func (res *results) targets() string {
 	rows := res.rows()
 	for _, comp := range res.cfg.compressions {
 		// Bytes: herd fetches each blob once, at every -j and link. (similar
-		// is left out: partial pulls serve less than the blobs' sizes.)
+		// is left out: partial pulls serve less than the blobs' sizes; real
+		// has checks of its own, below.)
 		worst, n := 0.0, 0
+		var sets []string
 		for _, r := range rows {
 			k := r.key
-			if k.compression != comp || k.contender.name != "herd" || r.ok == 0 || k.set == "similar" {
+			if k.compression != comp || k.contender.name != "herd" || r.ok == 0 || k.set == "similar" || k.set == "real" {
 				continue
+			}
+			if !slices.Contains(sets, k.set) {
+				sets = append(sets, k.set)
 			}
 			n++
 			worst = max(worst, r.maxBytesRatio)
@@ -283,7 +332,7 @@ func (res *results) targets() string {
 			}
 		}
 		if n > 0 && worst <= 1.01 {
-			check(true, "%s: herd's served / unique at most %.3f in any run of %d rows (fleet, fleet16, same; every -j and link) (target ≤ 1.01)", comp, worst, n)
+			check(true, "%s: herd's served / unique at most %.3f in any run of %d rows (%s; every -j and link) (target ≤ 1.01)", comp, worst, n, strings.Join(sets, ", "))
 		}
 		for _, r := range rows {
 			k := r.key
@@ -314,7 +363,55 @@ func (res *results) targets() string {
 			check(peak <= 150*mib, "fleet16 (16 images) %s: herd's peak RSS is %.0f MiB (median; the highest over -j and links) (target ≤ 150 MiB)", comp, float64(peak)/mib)
 		}
 	}
+	res.realTargets(check)
 	return b.String()
+}
+
+// realTargets checks issue 11's figures, on the real set: how close herd
+// comes to the physical limits, against copy.Image one image after another
+// (plaincopy-seq, at the same -j), which is what one would otherwise run.
+func (res *results) realTargets(check func(bool, string, ...any)) {
+	for _, sc := range res.cfg.plan {
+		if sc.set != "real" {
+			continue
+		}
+		for _, comp := range res.cfg.compressions {
+			if !sc.pulls(comp) {
+				continue
+			}
+			for _, j := range sc.jobs {
+				h, ok := res.row(rowKey{sc.set, comp, sc.limit, contender{"herd", j}})
+				if !ok || h.ok == 0 {
+					continue
+				}
+				seq, ok := res.row(rowKey{sc.set, comp, sc.limit, contender{"plaincopy-seq", j}})
+				haveSeq := ok && seq.ok > 0
+				where := fmt.Sprintf("real %s %s -j %d", comp, limitName(sc.limit), j)
+				switch {
+				case comp == "gzip" && sc.limit == 0 && haveSeq:
+					check(h.wall.Seconds() <= 0.75*seq.wall.Seconds(), "%s: herd's wall time is %.2f× sequential copy.Image's (%.2f s vs %.2f s) (target ≤ 0.75)",
+						where, h.wall.Seconds()/seq.wall.Seconds(), h.wall.Seconds(), seq.wall.Seconds())
+					check(h.cpu <= seq.cpu, "%s: herd's CPU time is %.2f× sequential copy.Image's (%.2f s vs %.2f s) (target ≤ 1.0)",
+						where, h.cpu.Seconds()/seq.cpu.Seconds(), h.cpu.Seconds(), seq.cpu.Seconds())
+				case comp == "gzip" && sc.limit > 0:
+					unique := res.unique[setKey(sc.set, comp)]
+					floor := float64(unique) / float64(sc.limit)
+					check(h.wall.Seconds() <= 1.15*floor, "%s: herd's wall time is %.2f× the unique blob bytes' time on the link (%.2f s vs %.1f MiB at %s = %.2f s) (target ≤ 1.15)",
+						where, h.wall.Seconds()/floor, h.wall.Seconds(), float64(unique)/mib, limitName(sc.limit), floor)
+				case comp == "zstd:chunked" && haveSeq:
+					check(h.served <= seq.served, "%s: herd was served %.1f MiB, sequential copy.Image %.1f MiB (target: no more)",
+						where, float64(h.served)/mib, float64(seq.served)/mib)
+					check(h.wall.Seconds() <= 0.7*seq.wall.Seconds(), "%s: herd's wall time is %.2f× sequential copy.Image's (%.2f s vs %.2f s) (target ≤ 0.7)",
+						where, h.wall.Seconds()/seq.wall.Seconds(), h.wall.Seconds(), seq.wall.Seconds())
+				}
+				if comp == "gzip" {
+					// 1.00 to two decimals, in every run: each blob whole, once.
+					check(h.maxBytesRatio < 1.005 && h.minBytesRatio >= 0.995, "%s: herd's served / unique is %.3f (median), %.3f to %.3f over its runs (target 1.00)",
+						where, h.bytesRatio, h.minBytesRatio, h.maxBytesRatio)
+				}
+			}
+		}
+	}
 }
 
 // plot draws one PNG for a set: a column per link setting; rows of wall
@@ -346,9 +443,9 @@ func (res *results) plot(set, path string) error {
 				p.X.Tick.Marker = plot.ConstantTicks(ticks)
 				top := 0.0
 				var series []any
-				for _, name := range append(slices.Clone(herdContenders), "plaincopy", "podman-one-call", "podman-per-image") {
+				for _, name := range append(append(slices.Clone(herdContenders), plainContenders...), "podman-one-call", "podman-per-image") {
 					var xys plotter.XYs
-					for _, c := range cfg.contenderList(sc.jobs) {
+					for _, c := range cfg.contenderList(sc) {
 						if c.name != name {
 							continue
 						}
@@ -374,8 +471,9 @@ func (res *results) plot(set, path string) error {
 				if err := plotutil.AddLinePoints(p, series...); err != nil {
 					return err
 				}
-				// Room above the highest line for the legend.
-				p.Y.Max = top * 1.45
+				// Room above the highest line for the legend (and a range
+				// for a compression the scenario does not pull).
+				p.Y.Max = max(top*1.45, 1)
 				p.Legend.Top = true
 				p.Legend.TextStyle.Font.Size = vg.Points(8)
 				line = append(line, p)

@@ -35,7 +35,7 @@ type program struct {
 // baseline at a -j, or podman (whose concurrency is containers/image's
 // default of 6 blob copies per image, with no limit across images).
 type contender struct {
-	name string // herd, plaincopy, podman-one-call, podman-per-image
+	name string // herd…, plaincopy, plaincopy-seq, podman-one-call, podman-per-image
 	jobs int    // 0 for podman
 }
 
@@ -73,8 +73,9 @@ func newRunner(cfg *config, reg *testregistry.Registry) (*runner, error) {
 }
 
 // measure pulls images with c into a fresh store and removes it afterwards.
-// seed, if any, is pulled by herd into that store first, untimed.
-func (r *runner) measure(ctx context.Context, c contender, images, seed []testimage.Pushed) measurement {
+// seed, if any, is pulled by herd into that store first, untimed. With
+// summary set, herd (contender herd only) writes its JSON summary there.
+func (r *runner) measure(ctx context.Context, c contender, images, seed []testimage.Pushed, summary string) measurement {
 	dir, err := os.MkdirTemp(r.cfg.work, "run-")
 	if err != nil {
 		return measurement{Err: err.Error()}
@@ -114,7 +115,14 @@ func (r *runner) measure(ctx context.Context, c contender, images, seed []testim
 	}
 	switch c.name {
 	case "herd", "herd-preseeded":
-		cmds = append(cmds, command(r.cfg.herd, append(herdArgs(c.jobs), refs...)...))
+		cmd := command(r.cfg.herd, append(herdArgs(c.jobs), refs...)...)
+		if summary != "" && c.name == "herd" {
+			// Still --quiet: no progress on standard error, as in every
+			// other run; the summary replaces the IDs on standard output.
+			cmd.Args = append([]string{"pull", "--format", "json"}, cmd.Args[1:]...)
+			cmd.Stdout = summary
+		}
+		cmds = append(cmds, cmd)
 	case "herd-before":
 		cmds = append(cmds, command(r.cfg.herdBefore, append(herdArgs(c.jobs), refs...)...))
 	case "herd-2proc", "herd-2proc-nolocks":
@@ -125,9 +133,12 @@ func (r *runner) measure(ctx context.Context, c contender, images, seed []testim
 			}
 			cmds = append(cmds, cmd)
 		}
-	case "plaincopy":
+	case "plaincopy", "plaincopy-seq":
 		args := []string{"-root", root, "-runroot", runroot, "-storage-driver", r.cfg.driver,
 			"-policy", r.cfg.policy, "-j", strconv.Itoa(c.jobs), "-tls-verify=false"}
+		if c.name == "plaincopy-seq" {
+			args = append(args, "-sequential")
+		}
 		cmds = append(cmds, command(r.cfg.plaincopy, append(args, refs...)...))
 	case "podman-one-call", "podman-per-image":
 		global := append(slices.Clone(storeFlags), "--tmpdir", filepath.Join(dir, "podman-tmp"),

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"path/filepath"
 	"slices"
 )
 
@@ -28,12 +29,17 @@ type savedMeta struct {
 	Quick        bool             `json:"quick"`
 	Unique       map[string]int64 `json:"uniqueLayerBytes"` // by "set/compression"
 	Images       map[string]int   `json:"references"`       // by "set/compression"
+	// Timeline names the herd JSON summary kept beside results.json
+	// (Timeline+".json"), drawn as Timeline+".png".
+	Timeline string `json:"timeline,omitempty"`
 }
 
 type savedScenario struct {
-	Set   string `json:"set"`
-	Limit int64  `json:"limitBytesPerSecond"`
-	Jobs  []int  `json:"jobs"`
+	Set         string   `json:"set"`
+	Limit       int64    `json:"limitBytesPerSecond"`
+	Jobs        []int    `json:"jobs"`
+	Compression string   `json:"compression,omitempty"`
+	Contenders  []string `json:"contenders,omitempty"`
 }
 
 type savedRow struct {
@@ -49,11 +55,11 @@ func (res *results) save() savedResults {
 	cfg := res.cfg
 	out := savedResults{Meta: savedMeta{Compressions: cfg.compressions, Runs: cfg.runs, RefJobs: cfg.refJobs,
 		Driver: cfg.driver, Podman: cfg.podman != "", PodmanNote: cfg.podmanNote, Quick: cfg.quick,
-		Unique: res.unique, Images: res.images}}
+		Unique: res.unique, Images: res.images, Timeline: res.timeline}}
 	for _, sc := range cfg.plan {
-		out.Meta.Plan = append(out.Meta.Plan, savedScenario{Set: sc.set, Limit: sc.limit, Jobs: sc.jobs})
+		out.Meta.Plan = append(out.Meta.Plan, savedScenario{Set: sc.set, Limit: sc.limit, Jobs: sc.jobs, Compression: sc.compression, Contenders: sc.contenders})
 	}
-	for _, c := range append(slices.Clone(herdContenders), "plaincopy", "podman") {
+	for _, c := range append(append(slices.Clone(herdContenders), plainContenders...), "podman") {
 		if cfg.contenders[c] {
 			out.Meta.Contenders = append(out.Meta.Contenders, c)
 		}
@@ -88,12 +94,13 @@ func loadResults(path string, cfg *config) (*results, error) {
 		cfg.contenders[c] = true
 	}
 	for _, sc := range m.Plan {
-		cfg.plan = append(cfg.plan, scenario{set: sc.Set, limit: sc.Limit, jobs: sc.Jobs})
+		cfg.plan = append(cfg.plan, scenario{set: sc.Set, limit: sc.Limit, jobs: sc.Jobs, compression: sc.Compression, contenders: sc.Contenders})
 		if !slices.Contains(cfg.sets, sc.Set) {
 			cfg.sets = append(cfg.sets, sc.Set)
 		}
 	}
-	res := &results{cfg: cfg, cells: map[rowKey][]measurement{}, unique: m.Unique, images: m.Images}
+	res := &results{cfg: cfg, cells: map[rowKey][]measurement{}, unique: m.Unique, images: m.Images,
+		timeline: m.Timeline, timelineDir: filepath.Dir(path)}
 	for _, r := range saved.Rows {
 		res.cells[rowKey{r.Set, r.Compression, r.Limit, contender{r.Contender, r.Jobs}}] = r.Runs
 	}

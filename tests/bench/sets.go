@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand"
+	"slices"
 
 	"github.com/herd-project/herd/tests/internal/testimage"
 )
@@ -20,7 +21,7 @@ import (
 // with its own app layer). same is one image under 10 tags (the N
 // concurrent pulls of one image case). similar is a base plus an app bundle
 // that differs from image to image in a few files: what zstd:chunked
-// partial pulls are for.
+// partial pulls are for. (real, made of Debian packages, is in real.go.)
 
 const mib = 1 << 20
 
@@ -38,8 +39,13 @@ var (
 	quickScale = scale{size: 1.0 / 64, fleet: 4, fleet16: 6, tags: 3, similar: 3}
 )
 
-// setNames lists every set, in table order.
-var setNames = []string{"fleet", "fleet16", "same", "similar"}
+// setNames lists every set, in table order: the generated ones, then real
+// (real.go), which -sets names only when asked, as its first build needs
+// root, the Debian mirror and minutes.
+var (
+	generatedSets = []string{"fleet", "fleet16", "same", "similar"}
+	setNames      = append(slices.Clone(generatedSets), "real")
+)
 
 // imageSpec is one image to push: repository (under the set and
 // compression), its tags, and its layers bottom to top.

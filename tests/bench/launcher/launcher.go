@@ -33,6 +33,10 @@ type Cmd struct {
 	Path string   `json:"path"`
 	Args []string `json:"args"`
 	Env  []string `json:"env"`
+	// Stdout, when set, is a file that gets the process's standard output
+	// (herd's JSON summary); otherwise it is kept with standard error for
+	// the failure report.
+	Stdout string `json:"stdout,omitempty"`
 }
 
 // Result is what the launcher reports: wall time from the first start
@@ -78,6 +82,14 @@ func launch(stdin io.Reader) Result {
 		cmd.Env = c.Env
 		outs[i] = &bytes.Buffer{}
 		cmd.Stdout, cmd.Stderr = outs[i], outs[i]
+		if c.Stdout != "" {
+			f, err := os.Create(c.Stdout)
+			if err != nil {
+				return Result{Err: fmt.Sprintf("launcher: %v", err)}
+			}
+			defer f.Close()
+			cmd.Stdout = f
+		}
 		// Killing the benchmark kills the contenders too.
 		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 		execs[i] = cmd

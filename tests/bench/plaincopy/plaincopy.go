@@ -1,7 +1,9 @@
 // Package plaincopy is the benchmark's baseline: what a user writes today to
 // pull many images at once without herd. One copy.Image per image, all in
 // parallel, sharing one semaphore of blob copies, into one store; no other
-// coordination. It is a separate program (bench/cmd/plaincopy) so the
+// coordination. With -sequential it pulls one image after another instead
+// (a loop of copy.Image, as a script of skopeo copy or podman pull runs):
+// no overlap, so each image reuses the layers the ones before it committed. It is a separate program (bench/cmd/plaincopy) so the
 // benchmark can measure its CPU time and peak RSS like herd's.
 //
 // To be an honest baseline it opens the store with herd's own store options
@@ -32,7 +34,7 @@ import (
 
 // Main runs the baseline with command-line args and returns the exit code:
 //
-//	plaincopy -root DIR -runroot DIR -storage-driver overlay -policy FILE -j 4 [-tls-verify=false] IMAGE...
+//	plaincopy -root DIR -runroot DIR -storage-driver overlay -policy FILE -j 4 [-sequential] [-tls-verify=false] IMAGE...
 func Main(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("plaincopy", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -41,6 +43,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	driver := fs.String("storage-driver", "", "storage driver")
 	policyPath := fs.String("policy", "", "signature policy file")
 	jobs := fs.Int("j", 6, "blob copies at once, across all images")
+	sequential := fs.Bool("sequential", false, "pull one image after another, each with up to -j blob copies")
 	tlsVerify := fs.Bool("tls-verify", true, "require HTTPS and verify certificates")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -49,14 +52,14 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "plaincopy: need -root, -runroot, -policy, -j >= 1 and at least one image")
 		return 2
 	}
-	if err := run(context.Background(), *root, *runroot, *driver, *policyPath, *jobs, *tlsVerify, fs.Args(), stdout); err != nil {
+	if err := run(context.Background(), *root, *runroot, *driver, *policyPath, *jobs, *sequential, *tlsVerify, fs.Args(), stdout); err != nil {
 		fmt.Fprintln(stderr, "plaincopy:", err)
 		return 1
 	}
 	return 0
 }
 
-func run(ctx context.Context, root, runroot, driver, policyPath string, jobs int, tlsVerify bool, images []string, stdout io.Writer) error {
+func run(ctx context.Context, root, runroot, driver, policyPath string, jobs int, sequential, tlsVerify bool, images []string, stdout io.Writer) error {
 	storeFlags := []string{"--root", root, "--runroot", runroot}
 	if driver != "" { // no -storage-driver: storage.conf's (herd's --storage-driver "" would clear it)
 		storeFlags = append(storeFlags, "--storage-driver", driver)
@@ -85,6 +88,10 @@ func run(ctx context.Context, root, runroot, driver, policyPath string, jobs int
 	errs := make([]error, len(images))
 	var wg sync.WaitGroup
 	for i, name := range images {
+		if sequential {
+			errs[i] = pullOne(ctx, store, sys, policy, sem, name)
+			continue
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
