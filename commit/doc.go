@@ -10,7 +10,9 @@
 //     each other's fetches.
 //   - store.go: Store, each image's view of the shared storage.Store, where
 //     lookups wait and commits end waits; it reports commits and their
-//     failures (Hooks) and explains a parent layer removed meanwhile.
+//     failures (Hooks) and explains a parent layer removed meanwhile; a
+//     partially pulled layer's staged output lets go of the differ once
+//     staged and of the TOC once committed (memory).
 //   - tarcheck.go: every whole layer's tar is checked on its way into the
 //     store, and a hostile one refused before it is committed.
 package commit
