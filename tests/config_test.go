@@ -38,15 +38,7 @@ func TestPullThroughMirror(t *testing.T) {
 
 	// No --tls-verify=false: the registries' "insecure" lets herd use plain HTTP.
 	e.omit = map[string]bool{"--tls-verify": true}
-	write(t, e.regconf, fmt.Sprintf(`
-[[registry]]
-location = %[1]q
-insecure = true
-
-[[registry.mirror]]
-location = %[2]q
-insecure = true
-`, e.reg.Host, mirror.Host))
+	write(t, e.regconf, mirrorConf(e.reg.Host, mirror.Host))
 	s, r := e.summary(asPrimary.Ref)
 	wantSuccess(t, r, "pull through the mirror")
 	e.verifyImage(asPrimary)
@@ -64,16 +56,7 @@ insecure = true
 
 	// digest-only: a tag is looked up on the primary alone, a digest on the mirror too.
 	digestOnly := filepath.Join(e.dir, "digest-only.conf")
-	write(t, digestOnly, fmt.Sprintf(`
-[[registry]]
-location = %[1]q
-insecure = true
-
-[[registry.mirror]]
-location = %[2]q
-insecure = true
-pull-from-mirror = "digest-only"
-`, e.reg.Host, mirror.Host))
+	write(t, digestOnly, mirrorConf(e.reg.Host, mirror.Host, `pull-from-mirror = "digest-only"`))
 	e.resetStore()
 	r = e.herd("--registries-conf", digestOnly, asPrimary.Ref)
 	wantFailure(t, r, "a tag with a digest-only mirror", asPrimary.Ref)

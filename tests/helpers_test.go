@@ -699,3 +699,11 @@ func screenLines(vt vt10x.Terminal) []string {
 	}
 	return lines
 }
+
+// mirrorConf is a registries.conf that names mirror as origin's
+// [[registry.mirror]], both plain HTTP ("insecure"), with extra lines for
+// the mirror's table.
+func mirrorConf(origin, mirror string, extra ...string) string {
+	conf := fmt.Sprintf("[[registry]]\nlocation = %q\ninsecure = true\n\n[[registry.mirror]]\nlocation = %q\ninsecure = true\n", origin, mirror)
+	return conf + strings.Join(append(extra, ""), "\n")
+}

@@ -51,15 +51,7 @@ func newCacheSite(t *testing.T, refs ...string) *cacheSite {
 	// No --tls-verify=false: "insecure" lets herd use plain HTTP, to the
 	// origin and to the cache.
 	e.omit = map[string]bool{"--tls-verify": true}
-	write(t, e.regconf, fmt.Sprintf(`
-[[registry]]
-location = %[1]q
-insecure = true
-
-[[registry.mirror]]
-location = %[2]q
-insecure = true
-`, e.reg.Host, c.cache.Host))
+	write(t, e.regconf, mirrorConf(e.reg.Host, c.cache.Host))
 	return c
 }
 

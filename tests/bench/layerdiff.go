@@ -55,21 +55,7 @@ func diffTrees(parent, child string) ([]diffEntry, error) {
 			out = append(out, e)
 		}
 	}
-	err := filepath.WalkDir(child, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, err := filepath.Rel(child, p)
-		if err != nil || rel == "." {
-			return err
-		}
-		name := filepath.ToSlash(rel)
-		if slices.Contains(skipBelow, path.Dir(name)) {
-			if d.IsDir() {
-				return fs.SkipDir
-			}
-			return nil
-		}
+	err := walkTree(child, func(rel, name string, d fs.DirEntry) error {
 		changed, err := differs(parent, child, rel)
 		if err != nil {
 			return err
@@ -83,21 +69,7 @@ func diffTrees(parent, child string) ([]diffEntry, error) {
 		sortEntries(out)
 		return out, err
 	}
-	err = filepath.WalkDir(parent, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, err := filepath.Rel(parent, p)
-		if err != nil || rel == "." {
-			return err
-		}
-		name := filepath.ToSlash(rel)
-		if slices.Contains(skipBelow, path.Dir(name)) {
-			if d.IsDir() {
-				return fs.SkipDir
-			}
-			return nil
-		}
+	err = walkTree(parent, func(rel, name string, d fs.DirEntry) error {
 		if _, err := os.Lstat(filepath.Join(child, rel)); errors.Is(err, fs.ErrNotExist) {
 			add(diffEntry{name: path.Join(path.Dir(name), ".wh."+path.Base(name)), whiteout: true})
 			if d.IsDir() {
@@ -110,6 +82,28 @@ func diffTrees(parent, child string) ([]diffEntry, error) {
 	})
 	sortEntries(out)
 	return out, err
+}
+
+// walkTree calls fn for every path below root (rel to root, and name, the
+// same with slashes), but not for what skipBelow's directories hold.
+func walkTree(root string, fn func(rel, name string, d fs.DirEntry) error) error {
+	return filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, err := filepath.Rel(root, p)
+		if err != nil || rel == "." {
+			return err
+		}
+		name := filepath.ToSlash(rel)
+		if slices.Contains(skipBelow, path.Dir(name)) {
+			if d.IsDir() {
+				return fs.SkipDir
+			}
+			return nil
+		}
+		return fn(rel, name, d)
+	})
 }
 
 // sortEntries puts entries in the order a walk would list them, component

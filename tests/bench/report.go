@@ -491,6 +491,11 @@ func (res *results) plot(set, path string) error {
 			grid[i][j].Draw(canvases[i][j])
 		}
 	}
+	return writePNG(img, path)
+}
+
+// writePNG writes what was drawn on img to path.
+func writePNG(img *vgimg.Canvas, path string) error {
 	f, err := os.Create(path)
 	if err != nil {
 		return err

@@ -172,15 +172,7 @@ func drawTimeline(s timelineSummary, path string) error {
 
 	img := vgimg.New(vg.Points(900), vg.Points(float64(140+36*n)))
 	p.Draw(draw.New(img))
-	f, err := os.Create(path)
-	if err != nil {
-		return err
-	}
-	if _, err := (vgimg.PngCanvas{Canvas: img}).WriteTo(f); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
+	return writePNG(img, path)
 }
 
 // rowY is the centre of image i's row: the first image at the top.
