@@ -98,12 +98,11 @@ func (ip *imagePull) onProgress(pp types.ProgressProperties) {
 		ip.fetched[d] += int64(pp.OffsetUpdate)
 		ip.mu.Unlock()
 		if isLayer {
-			if size := pp.Artifact.Size; size > 0 && pp.Offset >= uint64(size) {
-				// Every byte is in: the fetch is over, though containers/image
-				// may report the layer done only later (its commit waits for
-				// the lower layers', and a wait of the image holds its lock).
-				ip.mark(d, func(t *LayerTiming) *time.Duration { return &t.FetchEnd })
-			}
+			// The fetch ends with the last of these reports (containers/image
+			// sends one per progressInterval while bytes come in): its "done"
+			// may come much later, as the layer's commit waits for the lower
+			// layers', and a wait of the image holds the image's lock.
+			ip.markAt(d, func(t *LayerTiming) *time.Duration { return &t.FetchEnd }, true)
 			ip.emit(Event{Kind: EventLayerRead, Blob: d, Bytes: int64(pp.OffsetUpdate), Size: pp.Artifact.Size})
 		}
 	case types.ProgressEventDone:

@@ -37,10 +37,11 @@ type Layer struct {
 // LayerTiming is when things happened to one layer, each as the time since
 // the run started; zero for what did not happen. A layer waits for a --jobs
 // slot from Queued (its image's attempt started) to FetchStart;
-// containers/image fetches it until FetchEnd (its last byte arrived; for
-// a partial pull, its commit started), or the image waits for
-// another pull's fetch of it from WaitStart to WaitEnd; Committed is when
-// the layer was in the store for the image (committed, or found there).
+// containers/image fetches it until FetchEnd (its last report of bytes
+// read, within progressInterval of its last byte, or its commit's start),
+// or the image waits for another pull's fetch of it from WaitStart to
+// WaitEnd; Committed is when the layer was in the store for the image
+// (committed, or found there).
 type LayerTiming struct {
 	Queued, FetchStart, FetchEnd, WaitStart, WaitEnd, Committed time.Duration
 }
