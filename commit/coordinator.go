@@ -287,7 +287,8 @@ type WaitEvent struct {
 }
 
 // Hooks are how the coordinator tells the pull engine what happens to one
-// image's layers, from the goroutine where it happens. Any may be nil.
+// image's layers, from the goroutine where it happens. Any may be nil (Join
+// puts a no-op in its place).
 type Hooks struct {
 	// WaitStarted: the image waits for owner's fetch of blob. containers/image
 	// holds the image's lock meanwhile, so none of its other layers can
@@ -304,6 +305,27 @@ type Hooks struct {
 	// reports it only once all the image's other layers have ended. blob is
 	// "" for the image record itself.
 	CommitFailed func(blob digest.Digest, err error)
+}
+
+// withNoOps returns h with a no-op for each hook not given, so that callers
+// never check.
+func (h Hooks) withNoOps() Hooks {
+	if h.WaitStarted == nil {
+		h.WaitStarted = func(digest.Digest, string) {}
+	}
+	if h.WaitEnded == nil {
+		h.WaitEnded = func(WaitEvent) {}
+	}
+	if h.CommitStarted == nil {
+		h.CommitStarted = func(digest.Digest) {}
+	}
+	if h.Committed == nil {
+		h.Committed = func(digest.Digest, bool) {}
+	}
+	if h.CommitFailed == nil {
+		h.CommitFailed = func(digest.Digest, error) {}
+	}
+	return h
 }
 
 // Image is one attempt of one image's pull, its part in the run. Create it
@@ -337,7 +359,7 @@ func (c *Coordinator) Join(ctx context.Context, image int, hooks Hooks) *Image {
 		layers[i] = l.Blob
 	}
 	return &Image{
-		c: c, ctx: ctx, name: planned.Name, hooks: hooks, layers: layers,
+		c: c, ctx: ctx, name: planned.Name, hooks: hooks.withNoOps(), layers: layers,
 		claims:   map[digest.Digest]*flight{},
 		waitEnds: map[digest.Digest]WaitEnd{},
 		looked:   map[digest.Digest]bool{},
@@ -706,9 +728,7 @@ func (img *Image) wait(blob digest.Digest, f *flight) WaitEnd {
 	c.mu.Unlock()
 
 	start := time.Now()
-	if img.hooks.WaitStarted != nil {
-		img.hooks.WaitStarted(blob, f.ownerName())
-	}
+	img.hooks.WaitStarted(blob, f.ownerName())
 	end := img.await(blob, f)
 	c.mu.Lock()
 	c.addWaitLocked(img, f.owner, -1)
@@ -716,9 +736,7 @@ func (img *Image) wait(blob digest.Digest, f *flight) WaitEnd {
 	img.mu.Lock()
 	img.waitEnds[blob] = end
 	img.mu.Unlock()
-	if img.hooks.WaitEnded != nil {
-		img.hooks.WaitEnded(WaitEvent{Blob: blob, Owner: f.ownerName(), End: end, Waited: time.Since(start)})
-	}
+	img.hooks.WaitEnded(WaitEvent{Blob: blob, Owner: f.ownerName(), End: end, Waited: time.Since(start)})
 	return end
 }
 

@@ -11,7 +11,8 @@ import (
 )
 
 // Store is one image's view of the shared store: every call goes to the
-// shared store, and the three calls below also talk to the Coordinator.
+// shared store; the lookup and the commits defined below also talk to the
+// Coordinator and report to the image's Hooks.
 //
 // It must stay a pointer type: containers/storage's pkg/chunked keeps a
 // cache keyed on the store value it is given, and compares it with ==.
@@ -109,7 +110,7 @@ func hasLayers(layers []storage.Layer, err error) bool { return err == nil && le
 // flight of the blob it was made from. The layer's tar is checked on the
 // way in (tarcheck.go): an unsafe one is refused and never committed.
 func (s *Store) PutLayer(id, parent string, names []string, mountLabel string, writeable bool, options *storage.LayerOptions, diff io.Reader) (*storage.Layer, int64, error) {
-	if options != nil && options.OriginalDigest != "" && s.image.hooks.CommitStarted != nil {
+	if options != nil && options.OriginalDigest != "" {
 		s.image.hooks.CommitStarted(options.OriginalDigest)
 	}
 	diff, options, closeDiff := decompressOnce(diff, options)
@@ -132,10 +133,7 @@ func (s *Store) PutLayer(id, parent string, names []string, mountLabel string, w
 		return layer, size, s.commitFailed(blob, parent, err)
 	}
 	if layer != nil && layer.CompressedDigest != "" {
-		s.image.c.committed(layer.CompressedDigest)
-		if s.image.hooks.Committed != nil {
-			s.image.hooks.Committed(layer.CompressedDigest, false)
-		}
+		s.committed(layer.CompressedDigest, false)
 	}
 	return layer, size, err
 }
@@ -167,7 +165,7 @@ func (s *Store) ApplyStagedLayer(args storage.ApplyStagedLayerOptions) (*storage
 	if args.DiffOutput != nil && args.DiffOutput.TOCDigest != "" {
 		blob = s.image.c.tocToBlob[args.DiffOutput.TOCDigest]
 	}
-	if blob != "" && s.image.hooks.CommitStarted != nil {
+	if blob != "" {
 		s.image.hooks.CommitStarted(blob)
 	}
 	layer, err := s.Store.ApplyStagedLayer(args)
@@ -189,13 +187,17 @@ func (s *Store) ApplyStagedLayer(args storage.ApplyStagedLayerOptions) (*storage
 			}
 		}
 		if made != "" {
-			s.image.c.committed(made)
-			if s.image.hooks.Committed != nil {
-				s.image.hooks.Committed(made, true)
-			}
+			s.committed(made, true)
 		}
 	}
 	return layer, nil
+}
+
+// committed ends the flight of blob, whose layer this image committed
+// (partially pulled or not), and reports it.
+func (s *Store) committed(blob digest.Digest, partial bool) {
+	s.image.c.committed(blob)
+	s.image.hooks.Committed(blob, partial)
 }
 
 // CreateImage records the pulled image; it fails as a commit does when the
@@ -235,8 +237,6 @@ func (s *Store) commitFailed(blob digest.Digest, parent string, err error) error
 			err = &layerRemovedError{layer: parent, err: err}
 		}
 	}
-	if s.image.hooks.CommitFailed != nil {
-		s.image.hooks.CommitFailed(blob, err)
-	}
+	s.image.hooks.CommitFailed(blob, err)
 	return err
 }

@@ -5,6 +5,7 @@ import (
 	"slices"
 
 	digest "github.com/opencontainers/go-digest"
+	"go.podman.io/image/v5/types"
 
 	"github.com/herd-project/herd/commit"
 )
@@ -27,10 +28,8 @@ func startOrder(targets []*target) []int {
 			continue
 		}
 		order = append(order, i)
-		counted := map[digest.Digest]bool{}
-		for _, l := range t.layers {
-			if needs[l.Digest] == 1 && !counted[l.Digest] {
-				counted[l.Digest] = true
+		for _, l := range t.distinctLayers() {
+			if needs[l.Digest] == 1 {
 				own[i] += l.Size
 			}
 		}
@@ -64,6 +63,20 @@ func planOf(targets []*target, results []*Result) commit.Plan {
 		plan[i].Layers = planLayers(t)
 	}
 	return plan
+}
+
+// distinctLayers are t's layer blobs, each once (a manifest may list one
+// twice: commit's invariant 7), lowest first.
+func (t *target) distinctLayers() []types.BlobInfo {
+	var layers []types.BlobInfo
+	seen := map[digest.Digest]bool{}
+	for _, l := range t.layers {
+		if !seen[l.Digest] {
+			seen[l.Digest] = true
+			layers = append(layers, l)
+		}
+	}
+	return layers
 }
 
 func planLayers(t *target) []commit.Layer {

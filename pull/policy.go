@@ -11,7 +11,6 @@ import (
 	"github.com/distribution/reference"
 	"github.com/sirupsen/logrus"
 	"go.podman.io/image/v5/docker"
-	"go.podman.io/image/v5/manifest"
 	"go.podman.io/image/v5/pkg/shortnames"
 	istorage "go.podman.io/image/v5/storage"
 	"go.podman.io/image/v5/types"
@@ -167,8 +166,8 @@ func lookupLocal(store storage.Store, sys *types.SystemContext, input string) (r
 }
 
 // stored is the target for an image the pull policy keeps as the store has
-// it, described by the manifest the store holds for it (that of the image
-// itself, never a list's).
+// it, described by the manifest the store holds for it, read as resolve
+// reads a registry's.
 func stored(ctx context.Context, opts Options, input string, named reference.Named, img *storage.Image) (*target, error) {
 	fail := func(err error) (*target, error) {
 		return nil, fmt.Errorf("pulling %s: reading the image in the store (%s): %w", input, img.ID, err)
@@ -182,19 +181,11 @@ func stored(ctx context.Context, opts Options, input string, named reference.Nam
 		return fail(err)
 	}
 	defer src.Close()
-	blob, mimeType, err := src.GetManifest(ctx, nil)
+	t, err := inspectSource(ctx, opts.System, src)
 	if err != nil {
 		return fail(err)
 	}
-	m, err := manifest.FromBlob(blob, manifest.NormalizedMIMEType(mimeType))
-	if err != nil {
-		return fail(err)
-	}
-	t := &target{inputs: []string{input}, named: named, local: img, config: m.ConfigInfo(), layers: layerBlobs(m)}
-	if t.instance, err = manifest.Digest(blob); err != nil {
-		return fail(err)
-	}
-	t.digest = t.instance
+	t.inputs, t.named, t.local = []string{input}, named, img
 	if d, ok := named.(reference.Digested); ok {
 		t.digest = d.Digest() // what the input names: a list's digest, maybe
 	}

@@ -73,12 +73,7 @@ func Plan(ctx context.Context, inputs []string, opts Options) Preview {
 			p.Totals.Unique += t.config.Size
 			p.Totals.ToFetch += t.config.Size
 		}
-		seen := map[digest.Digest]bool{}
-		for _, l := range t.layers {
-			if seen[l.Digest] {
-				continue // listed again: it reuses the first occurrence
-			}
-			seen[l.Digest] = true
+		for _, l := range t.distinctLayers() { // one listed again reuses its first occurrence
 			img.Bytes += l.Size
 			p.Totals.Bytes += l.Size
 			if needs[l.Digest] > 1 {

@@ -395,8 +395,8 @@ func (ip *imagePull) copy(ctx context.Context, wd *watchdog) error {
 		Progress:                      progress,
 		// containers/image sends "skipped" events only with an interval set;
 		// the coordinator needs them to end flights (commit.Image.Progress).
-		// The interval also bounds what a blob longer than declared writes before the
-		// watchdog sees it: one interval's worth of bytes.
+		// The interval also bounds what a blob longer than declared writes
+		// before the watchdog sees it: one interval's worth of bytes.
 		ProgressInterval: progressInterval,
 	})
 	// containers/image never closes the channel and has stopped sending once
