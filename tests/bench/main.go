@@ -74,6 +74,8 @@ type config struct {
 	from          string // a results.json to print instead of running
 	timeline      string // a herd JSON summary to draw instead of running
 	work          string // per-benchmark scratch: stores, policy, confs
+	scratchFS     bool   // put work on a filesystem of its own (scratchfs.go)
+	unmount       func() // unmounts that filesystem; nil if none
 	driver        string
 	policy        string
 	storageConf   string
@@ -83,7 +85,7 @@ type config struct {
 func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	sets := fs.String("sets", strings.Join(generatedSets, ","), "image sets to pull: fleet, fleet16, same, similar, real (Debian packages; built once, as root, from the Debian mirror: see README)")
+	sets := fs.String("sets", strings.Join(generatedSets, ","), "image sets to pull: fleet, fleet16, fleet64, same, similar, real (Debian packages; built once, as root, from the Debian mirror: see README)")
 	comps := fs.String("compression", "gzip,zstd:chunked", "layer compressions to test: gzip, zstd, zstd:chunked")
 	jobs := fs.String("j", "2,4,8", "comma-separated -j values for herd and the plain copy.Image baseline")
 	refJobs := fs.Int("ref-j", 4, "the -j of herd that podman's rows are compared with")
@@ -100,6 +102,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	out := fs.String("out", "bin/bench", "directory for results.md, results.json and the plots")
 	from := fs.String("from", "", "print the report of a previous run's results.json (and write its plots to -out) instead of running")
 	work := fs.String("work", "", "directory for the stores being pulled into (default $TMPDIR or /var/tmp); needs space for a few stores")
+	scratch := fs.Bool("scratch-fs", os.Geteuid() == 0, "pull into stores on a fresh journaled ext4 the benchmark makes and loop-mounts under -work (needs root; see scratchfs.go); -quick never does")
 	timeline := fs.String("timeline", "", "draw the timeline of a saved `herd pull --format json` summary (FILE.json) as FILE.png in -out, and exit")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: bench [flags]\n\nPulls image sets with herd and its peers on fresh stores and prints a table of medians.\n\n"+
@@ -119,7 +122,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		*runs = 1
 	}
 
-	cfg := &config{quick: *quick, refJobs: *refJobs, runs: *runs, cacheDir: *cacheDir, out: *out, work: *work,
+	cfg := &config{quick: *quick, refJobs: *refJobs, runs: *runs, cacheDir: *cacheDir, out: *out, work: *work, scratchFS: *scratch && !*quick,
 		herd: program{path: *herd}, herdBefore: program{path: *herdBefore}, plaincopy: program{path: *plaincopy}, launcher: program{path: *launch}, podman: *podman,
 		contenders: map[string]bool{}, scale: fullScale, logf: func(f string, a ...any) { fmt.Fprintf(stderr, f+"\n", a...) }}
 	if *quick {
@@ -178,15 +181,17 @@ type scenario struct {
 // "Benchmark"; with fewer contenders than now): plaincopy and podman fetch
 // and decompress up to 3-10x the set's bytes, and every row is 3 runs. The
 // -j sweep (the plot) is on the fleet; the slow 20 MiB/s link, the 16-image
-// fleet (herd's peak RSS target), the one-image-many-tags and the
-// similar-images cases run at -j 4. The real set's rows are issue 11's:
-// herd against copy.Image one image after another (plaincopy-seq) and
-// side by side (plaincopy), near the link's and the CPU's limits.
+// fleet (herd's peak RSS target), the 64-image fleet (herd alone: how its
+// time and memory grow with the number of images), the one-image-many-tags
+// and the similar-images cases run at -j 4. The real set's rows are issue
+// 11's: herd against copy.Image one image after another (plaincopy-seq)
+// and side by side (plaincopy), near the link's and the CPU's limits.
 var standardPlan = []scenario{
 	{set: "fleet", limit: 0, jobs: []int{2, 4, 8}, contenders: generatedContenders},
 	{set: "fleet", limit: 100 * mib, jobs: []int{2, 4, 8}, contenders: generatedContenders},
 	{set: "fleet", limit: 20 * mib, jobs: []int{4}, contenders: generatedContenders},
 	{set: "fleet16", limit: 100 * mib, jobs: []int{4}, contenders: generatedContenders},
+	{set: "fleet64", limit: 100 * mib, jobs: []int{4}, contenders: []string{"herd", "herd-before"}},
 	{set: "same", limit: 100 * mib, jobs: []int{4}, contenders: generatedContenders},
 	{set: "similar", limit: 100 * mib, jobs: []int{4}, contenders: generatedContenders},
 	{set: "real", limit: 0, jobs: []int{4}, contenders: realContenders},
@@ -323,6 +328,12 @@ func (cfg *config) prepare() error {
 	if strings.Contains(dir, ":") {
 		return fmt.Errorf("-work %s: store paths must not contain ':' (overlay cannot mount them)", dir)
 	}
+	if cfg.scratchFS {
+		if dir, cfg.unmount, err = mountScratchFS(dir); err != nil {
+			return err
+		}
+		cfg.logf("stores on a fresh ext4 at %s", dir)
+	}
 	cfg.work = dir
 	cfg.driver = "overlay"
 	if err := teststore.CheckOverlay(dir); err != nil {
@@ -365,6 +376,9 @@ func run(ctx context.Context, cfg *config, stdout io.Writer) error {
 		return err
 	}
 	defer os.RemoveAll(cfg.work)
+	if cfg.unmount != nil {
+		defer cfg.unmount()
+	}
 	if cfg.podmanNote != "" {
 		cfg.logf("%s", cfg.podmanNote)
 	}

@@ -226,6 +226,31 @@ func (res *results) markdown(b *strings.Builder) {
 	if t := res.targets(); t != "" {
 		b.WriteString("\nTargets:\n" + t)
 	}
+	if g := res.growth(); g != "" {
+		b.WriteString("\nWith the number of images (herd, 100 MiB/s, -j 4; fleet, fleet16, fleet64):\n" + g)
+	}
+}
+
+// growth says how herd's wall time and peak RSS grow from the fleet to
+// fleet16 and fleet64, which have the same shape, 8, 16 and 64 images.
+func (res *results) growth() string {
+	var b strings.Builder
+	for _, comp := range res.cfg.compressions {
+		var parts []string
+		for _, set := range []string{"fleet", "fleet16", "fleet64"} {
+			r, ok := res.row(rowKey{set, comp, 100 * mib, contender{"herd", 4}})
+			if !ok || r.ok == 0 {
+				continue
+			}
+			n := res.images[setKey(set, comp)]
+			parts = append(parts, fmt.Sprintf("%d images %.2f s (%.3f s per image), %.0f MiB peak RSS",
+				n, r.wall.Seconds(), r.wall.Seconds()/float64(n), float64(r.rss)/mib))
+		}
+		if len(parts) > 1 {
+			fmt.Fprintf(&b, "- %s: %s\n", comp, strings.Join(parts, "; "))
+		}
+	}
+	return b.String()
 }
 
 // tableHeader heads the table: its column names and alignment.

@@ -18,7 +18,8 @@ import (
 // Python-like runtime (~100 MiB compressed) shared by half, a Node-like one
 // by a quarter, dependency layers shared by pairs, and small app layers of
 // each image's own. fleet16 is the same shape twice over (16 images, each
-// with its own app layer). same is one image under 10 tags (the N
+// with its own app layer), fleet64 eight times over (how herd grows with the
+// number of images). same is one image under 10 tags (the N
 // concurrent pulls of one image case). similar is a base plus an app bundle
 // that differs from image to image in a few files: what zstd:chunked
 // partial pulls are for. (real, made of Debian packages, is in real.go.)
@@ -30,20 +31,21 @@ type scale struct {
 	size    float64 // multiplies layer sizes
 	fleet   int     // images in fleet
 	fleet16 int     // images in fleet16
+	fleet64 int     // images in fleet64
 	tags    int     // tags in same
 	similar int     // images in similar
 }
 
 var (
-	fullScale  = scale{size: 1, fleet: 8, fleet16: 16, tags: 10, similar: 8}
-	quickScale = scale{size: 1.0 / 64, fleet: 4, fleet16: 6, tags: 3, similar: 3}
+	fullScale  = scale{size: 1, fleet: 8, fleet16: 16, fleet64: 64, tags: 10, similar: 8}
+	quickScale = scale{size: 1.0 / 64, fleet: 4, fleet16: 6, fleet64: 8, tags: 3, similar: 3}
 )
 
 // setNames lists every set, in table order: the generated ones, then real
 // (real.go), which -sets names only when asked, as its first build needs
 // root, the Debian mirror and minutes.
 var (
-	generatedSets = []string{"fleet", "fleet16", "same", "similar"}
+	generatedSets = []string{"fleet", "fleet16", "fleet64", "same", "similar"}
 	setNames      = append(slices.Clone(generatedSets), "real")
 )
 
@@ -83,6 +85,8 @@ func (g *generator) set(name string) ([]imageSpec, error) {
 		return g.fleet(g.sc.fleet), nil
 	case "fleet16":
 		return g.fleet(g.sc.fleet16), nil
+	case "fleet64":
+		return g.fleet(g.sc.fleet64), nil
 	case "same":
 		tags := make([]string, g.sc.tags)
 		for i := range tags {

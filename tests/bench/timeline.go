@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -71,10 +72,11 @@ type timelineBar struct {
 }
 
 // timelineBars computes the bars of a summary: queued from queued to the
-// first of fetchStart and waitStart; fetching fetchStart→fetchEnd; waiting
-// waitStart→waitEnd; committing from the later of fetchEnd and waitEnd to
-// committed. A span that started and never ended (a failed or interrupted
-// run) ends at the run's end.
+// first of fetchStart and waitStart, or to committed for a layer found in
+// the store (its lookup, too, waited for a -j slot); fetching
+// fetchStart→fetchEnd; waiting waitStart→waitEnd; committing from the later
+// of fetchEnd and waitEnd to committed. A span that started and never
+// ended (a failed or interrupted run) ends at the run's end.
 func timelineBars(s timelineSummary) []timelineBar {
 	var bars []timelineBar
 	for i, img := range s.Images {
@@ -90,7 +92,7 @@ func timelineBars(s timelineSummary) []timelineBar {
 					bars = append(bars, timelineBar{image: i, layer: k, kind: kind, start: start, end: end})
 				}
 			}
-			if first := firstOf(l.FetchStart, l.WaitStart); first > 0 {
+			if first := cmp.Or(firstOf(l.FetchStart, l.WaitStart), l.Committed); first > 0 {
 				add(barQueued, l.Queued, first)
 			}
 			add(barFetching, l.FetchStart, l.FetchEnd)

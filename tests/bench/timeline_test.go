@@ -11,18 +11,21 @@ import (
 	"testing"
 )
 
-// A hand-made summary of two images sharing a base layer: app1 fetched the
-// base and its own layer, app2 waited for app1's base fetch (its own layer
-// queued for a -j slot first); as `herd pull --format json` writes it, with
-// the times that did not happen left out.
+// A hand-made summary of three images sharing a base layer: app1 fetched
+// the base and its own layer, app2 waited for app1's base fetch (its own
+// layer queued for a -j slot first), app3 started once the base was in the
+// store and reused it; as `herd pull --format json` writes it, with the
+// times that did not happen left out.
 const timelineJSON = `{"herdVersion": "test", "images": [
  {"inputs": ["127.0.0.1:5000/real/gzip/app1:latest"], "reference": "127.0.0.1:5000/real/gzip/app1:latest", "layers": [
    {"digest": "sha256:aa", "size": 10, "how": "fetched", "fetchedBytes": 10, "queued": 0.01, "fetchStart": 0.02, "fetchEnd": 1.5, "committed": 2.25},
    {"digest": "sha256:bb", "size": 5, "how": "fetched", "fetchedBytes": 5, "queued": 0.01, "fetchStart": 0.03, "fetchEnd": 0.9, "committed": 2.5}]},
  {"inputs": ["127.0.0.1:5000/real/gzip/app2:latest"], "reference": "127.0.0.1:5000/real/gzip/app2:latest", "layers": [
    {"digest": "sha256:aa", "size": 10, "how": "waited", "fetchedBytes": 0, "waitEnded": "committed", "queued": 0.01, "waitStart": 0.05, "waitEnd": 2.25, "committed": 2.3},
-   {"digest": "sha256:cc", "size": 7, "how": "fetched", "fetchedBytes": 7, "queued": 0.01, "fetchStart": 1.0, "fetchEnd": 2.0, "committed": 2.75}]}],
- "totals": {"fetchedBytes": 22, "reusedBytes": 10, "wallSeconds": 2.8, "ok": 2, "failed": 0}}`
+   {"digest": "sha256:cc", "size": 7, "how": "fetched", "fetchedBytes": 7, "queued": 0.01, "fetchStart": 1.0, "fetchEnd": 2.0, "committed": 2.75}]},
+ {"inputs": ["127.0.0.1:5000/real/gzip/app3:latest"], "reference": "127.0.0.1:5000/real/gzip/app3:latest", "layers": [
+   {"digest": "sha256:aa", "size": 10, "how": "reused", "fetchedBytes": 0, "queued": 0.01, "committed": 2.4}]}],
+ "totals": {"fetchedBytes": 22, "reusedBytes": 20, "wallSeconds": 2.8, "ok": 3, "failed": 0}}`
 
 func TestTimeline(t *testing.T) {
 	var s timelineSummary
@@ -35,6 +38,7 @@ func TestTimeline(t *testing.T) {
 		{0, 1, barQueued, 0.01, 0.03}, {0, 1, barFetching, 0.03, 0.9}, {0, 1, barCommitting, 0.9, 2.5},
 		{1, 0, barQueued, 0.01, 0.05}, {1, 0, barWaiting, 0.05, 2.25}, {1, 0, barCommitting, 2.25, 2.3},
 		{1, 1, barQueued, 0.01, 1.0}, {1, 1, barFetching, 1.0, 2.0}, {1, 1, barCommitting, 2.0, 2.75},
+		{2, 0, barQueued, 0.01, 2.4},
 	}
 	if !slices.Equal(got, want) {
 		t.Errorf("bars:\n got %v\nwant %v", got, want)
