@@ -20,9 +20,11 @@ import (
 // skips every inode deleted in the last minute, reading its inode table
 // block to check (ext4's recently_deleted): a run that starts right after
 // the previous run's store was deleted spends most of its CPU time creating
-// files, 2-3 times the CPU of the same run a minute later, and contenders'
-// figures then depend on which ran after what. A journaled ext4, as a host's
-// /var/lib/containers usually is, has no such check.
+// files, 2-3 times the CPU of the same run on a fresh filesystem, and
+// contenders' figures then depend on which ran after what. A journaled
+// ext4, as a host's /var/lib/containers usually is, has no such check. A
+// benchmark killed before its end leaves the filesystem mounted under its
+// work directory: umount it by hand.
 
 // scratchSize is the sparse file's size: room for a few stores and the
 // blobs staged for them; the host's disk holds only what is written.
