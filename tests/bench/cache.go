@@ -98,7 +98,7 @@ func (c *imageCache) ensure(ctx context.Context, sets, compressions []string, lo
 		var images []testimage.Pushed
 		if set == "real" {
 			logf("pushing the real set (%s) in %s into the image cache %s", realDir(c.root), comp, c.dir)
-			images, err = pushReal(ctx, reg.Host, work, realDir(c.root), real, comp)
+			images, err = pushReal(ctx, pusher, work, realDir(c.root), real, comp)
 		} else {
 			logf("generating and pushing %s in %s into the image cache %s", set, comp, c.dir)
 			images, err = pushGenerated(ctx, pusher, gen, set, comp)

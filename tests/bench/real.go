@@ -21,13 +21,6 @@ import (
 	digest "github.com/opencontainers/go-digest"
 	specs "github.com/opencontainers/image-spec/specs-go"
 	imgspecv1 "github.com/opencontainers/image-spec/specs-go/v1"
-	"go.podman.io/image/v5/copy"
-	"go.podman.io/image/v5/docker"
-	"go.podman.io/image/v5/manifest"
-	"go.podman.io/image/v5/oci/layout"
-	"go.podman.io/image/v5/pkg/compression"
-	"go.podman.io/image/v5/signature"
-	"go.podman.io/image/v5/types"
 	"golang.org/x/sys/unix"
 
 	"github.com/herd-project/herd/tests/internal/testimage"
@@ -334,10 +327,10 @@ func debianMirror() string {
 	return "http://deb.debian.org/debian"
 }
 
-// pushReal pushes the real set to the registry at host as
-// real/COMPRESSION/REPO:latest, from an OCI layout in work whose layer
-// blobs are hard links to the tars (or copies, across filesystems).
-func pushReal(ctx context.Context, host, work, dir string, idx *realIndex, comp string) ([]testimage.Pushed, error) {
+// pushReal pushes the real set with pusher as real/COMPRESSION/REPO:latest,
+// from an OCI layout in work whose layer blobs are hard links to the tars
+// (or copies, across filesystems).
+func pushReal(ctx context.Context, pusher *testimage.Pusher, work, dir string, idx *realIndex, comp string) ([]testimage.Pushed, error) {
 	lay, err := os.MkdirTemp(work, "real-layout-")
 	if err != nil {
 		return nil, err
@@ -355,16 +348,7 @@ func pushReal(ctx context.Context, host, work, dir string, idx *realIndex, comp 
 			}
 		}
 	}
-	blob := func(mediaType string, v any) (imgspecv1.Descriptor, error) {
-		b, err := json.Marshal(v)
-		if err != nil {
-			return imgspecv1.Descriptor{}, err
-		}
-		d := digest.FromBytes(b)
-		return imgspecv1.Descriptor{MediaType: mediaType, Digest: d, Size: int64(len(b))}, os.WriteFile(filepath.Join(blobs, d.Encoded()), b, 0o644)
-	}
-	var index imgspecv1.Index
-	index.SchemaVersion, index.MediaType = 2, imgspecv1.MediaTypeImageIndex
+	var entries []imgspecv1.Descriptor
 	for _, img := range idx.Images {
 		cfg := imgspecv1.Image{
 			Platform: imgspecv1.Platform{OS: "linux", Architecture: runtime.GOARCH},
@@ -383,69 +367,32 @@ func pushReal(ctx context.Context, host, work, dir string, idx *realIndex, comp 
 			cfg.History = append(cfg.History, imgspecv1.History{CreatedBy: created})
 			m.Layers = append(m.Layers, imgspecv1.Descriptor{MediaType: imgspecv1.MediaTypeImageLayer, Digest: l.Digest, Size: l.Size})
 		}
-		if m.Config, err = blob(imgspecv1.MediaTypeImageConfig, cfg); err != nil {
+		if m.Config, err = testimage.WriteJSONBlob(lay, imgspecv1.MediaTypeImageConfig, cfg); err != nil {
 			return nil, err
 		}
-		md, err := blob(imgspecv1.MediaTypeImageManifest, m)
+		md, err := testimage.WriteJSONBlob(lay, imgspecv1.MediaTypeImageManifest, m)
 		if err != nil {
 			return nil, err
 		}
 		md.Annotations = map[string]string{imgspecv1.AnnotationRefName: img.Repo}
-		index.Manifests = append(index.Manifests, md)
+		entries = append(entries, md)
 	}
-	if err := writeJSON(filepath.Join(lay, imgspecv1.ImageIndexFile), index); err != nil {
-		return nil, err
-	}
-	if err := writeJSON(filepath.Join(lay, imgspecv1.ImageLayoutFile), imgspecv1.ImageLayout{Version: imgspecv1.ImageLayoutVersion}); err != nil {
+	if err := testimage.WriteLayoutIndex(lay, entries...); err != nil {
 		return nil, err
 	}
 
-	algo, err := compression.AlgorithmByName(comp)
-	if err != nil {
-		return nil, err
-	}
-	policy, err := signature.NewPolicyContext(&signature.Policy{Default: []signature.PolicyRequirement{signature.NewPRInsecureAcceptAnything()}})
-	if err != nil {
-		return nil, err
-	}
-	defer func() { _ = policy.Destroy() }()
-	// One blob-info cache for every push, so that a layer several images
-	// share is compressed once and the registry holds one blob for it.
-	sys := func(algo *compression.Algorithm) *types.SystemContext {
-		return &types.SystemContext{DockerInsecureSkipTLSVerify: types.OptionalBoolTrue, CompressionFormat: algo,
-			BlobInfoCacheDir: filepath.Join(work, "blob-info-cache"), BigFilesTemporaryDir: work}
-	}
 	var out []testimage.Pushed
 	for _, img := range idx.Images {
 		path := fmt.Sprintf("real/%s/%s:latest", strings.ReplaceAll(comp, ":", "-"), img.Repo)
-		src, err := layout.NewReference(lay, img.Repo)
-		if err != nil {
-			return nil, err
-		}
-		dest, err := docker.ParseReference("//" + host + "/" + path)
-		if err != nil {
-			return nil, err
-		}
-		mb, err := copy.Image(ctx, policy, dest, src, &copy.Options{SourceCtx: sys(nil), DestinationCtx: sys(&algo),
-			ForceCompressionFormat: true}) // or a registry holding the gzip blobs makes it keep gzip
-		if err != nil {
-			return nil, fmt.Errorf("pushing %s: %w", path, err)
-		}
-		m, err := manifest.OCI1FromManifest(mb)
-		if err != nil {
-			return nil, fmt.Errorf("pushed manifest of %s: %w", path, err)
-		}
-		md, err := manifest.Digest(mb)
-		if err != nil {
-			return nil, err
-		}
-		p := testimage.Pushed{Ref: path, ManifestDigest: md, ConfigDigest: m.ConfigInfo().Digest}
-		for _, l := range m.LayerInfos() {
-			p.Layers = append(p.Layers, l.BlobInfo)
-		}
+		var diffIDs []digest.Digest
 		for _, name := range img.Layers {
-			p.DiffIDs = append(p.DiffIDs, idx.layer(name).Digest)
+			diffIDs = append(diffIDs, idx.layer(name).Digest)
 		}
+		p, err := pusher.PushLayout(ctx, lay, img.Repo, path, diffIDs, comp)
+		if err != nil {
+			return nil, err
+		}
+		p.Ref = path // the cache's references name no registry host
 		out = append(out, p)
 	}
 	return out, nil
@@ -467,14 +414,6 @@ func realPushed(pushed []testimage.Pushed, idx *realIndex) bool {
 		}
 	}
 	return true
-}
-
-func writeJSON(path string, v any) error {
-	b, err := json.Marshal(v)
-	if err != nil {
-		return err
-	}
-	return os.WriteFile(path, b, 0o644)
 }
 
 func run1(name string, args ...string) error {

@@ -69,11 +69,19 @@ func (p *Pusher) Push(ctx context.Context, repoTag string, img Image, compressio
 	if err != nil {
 		return Pushed{}, err
 	}
-	if err := writeIndexJSON(dir, desc); err != nil {
+	if err := WriteLayoutIndex(dir, desc); err != nil {
 		return Pushed{}, err
 	}
+	return p.PushLayout(ctx, dir, "", repoTag, diffIDs, compression)
+}
+
+// PushLayout pushes the image of the OCI layout at dir called name (its
+// org.opencontainers.image.ref.name annotation; "" for a layout of one
+// image) to HOST/repoTag with its layers compressed as compression.
+// diffIDs are the image's, as its config lists them.
+func (p *Pusher) PushLayout(ctx context.Context, dir, name, repoTag string, diffIDs []digest.Digest, compression string) (Pushed, error) {
 	ref := p.host + "/" + repoTag
-	manifestBytes, err := p.copy(ctx, dir, ref, compression)
+	manifestBytes, err := p.copy(ctx, dir, name, ref, compression)
 	if err != nil {
 		return Pushed{}, fmt.Errorf("pushing %s (%s): %w", ref, compression, err)
 	}
@@ -99,7 +107,7 @@ func (p *Pusher) PushIndex(ctx context.Context, repoTag string, imgs []Image, co
 		plat := img.Platform.withDefaults()
 		descs[i].Platform = &imgspecv1.Platform{OS: plat.OS, Architecture: plat.Arch, Variant: plat.Variant}
 	}
-	indexDesc, err := writeJSONBlob(dir, imgspecv1.MediaTypeImageIndex, imgspecv1.Index{
+	indexDesc, err := WriteJSONBlob(dir, imgspecv1.MediaTypeImageIndex, imgspecv1.Index{
 		Versioned: specs.Versioned{SchemaVersion: 2},
 		MediaType: imgspecv1.MediaTypeImageIndex,
 		Manifests: descs,
@@ -107,12 +115,12 @@ func (p *Pusher) PushIndex(ctx context.Context, repoTag string, imgs []Image, co
 	if err != nil {
 		return "", nil, err
 	}
-	if err := writeIndexJSON(dir, indexDesc); err != nil {
+	if err := WriteLayoutIndex(dir, indexDesc); err != nil {
 		return "", nil, err
 	}
 
 	ref := p.host + "/" + repoTag
-	indexBytes, err := p.copy(ctx, dir, ref, compression)
+	indexBytes, err := p.copy(ctx, dir, "", ref, compression)
 	if err != nil {
 		return "", nil, fmt.Errorf("pushing index %s (%s): %w", ref, compression, err)
 	}
@@ -152,9 +160,10 @@ func (p *Pusher) PushIndex(ctx context.Context, repoTag string, imgs []Image, co
 	return indexDigest, pushed, nil
 }
 
-// copy pushes the single top-level entry of the OCI layout at dir to
-// docker://ref and returns the manifest (or index) as pushed.
-func (p *Pusher) copy(ctx context.Context, dir, ref, compressionName string) ([]byte, error) {
+// copy pushes the entry called name of the OCI layout at dir ("" for its
+// single entry) to docker://ref and returns the manifest (or index) as
+// pushed.
+func (p *Pusher) copy(ctx context.Context, dir, name, ref, compressionName string) ([]byte, error) {
 	switch compressionName {
 	case "gzip", "zstd", "zstd:chunked":
 	default:
@@ -172,7 +181,7 @@ func (p *Pusher) copy(ctx context.Context, dir, ref, compressionName string) ([]
 	}
 	defer func() { _ = policy.Destroy() }()
 
-	srcRef, err := layout.NewReference(dir, "")
+	srcRef, err := layout.NewReference(dir, name)
 	if err != nil {
 		return nil, fmt.Errorf("opening OCI layout %s: %w", dir, err)
 	}
@@ -248,11 +257,11 @@ func writeImage(dir string, img Image) (imgspecv1.Descriptor, []digest.Digest, e
 		cfg.RootFS.DiffIDs = append(cfg.RootFS.DiffIDs, desc.Digest)
 		cfg.History = append(cfg.History, imgspecv1.History{CreatedBy: fmt.Sprintf("testimage layer %d", i)})
 	}
-	cfgDesc, err := writeJSONBlob(dir, imgspecv1.MediaTypeImageConfig, cfg)
+	cfgDesc, err := WriteJSONBlob(dir, imgspecv1.MediaTypeImageConfig, cfg)
 	if err != nil {
 		return imgspecv1.Descriptor{}, nil, fmt.Errorf("writing config: %w", err)
 	}
-	mDesc, err := writeJSONBlob(dir, imgspecv1.MediaTypeImageManifest, imgspecv1.Manifest{
+	mDesc, err := WriteJSONBlob(dir, imgspecv1.MediaTypeImageManifest, imgspecv1.Manifest{
 		Versioned: specs.Versioned{SchemaVersion: 2},
 		MediaType: imgspecv1.MediaTypeImageManifest,
 		Config:    cfgDesc,
@@ -264,7 +273,9 @@ func writeImage(dir string, img Image) (imgspecv1.Descriptor, []digest.Digest, e
 	return mDesc, cfg.RootFS.DiffIDs, nil
 }
 
-func writeJSONBlob(dir, mediaType string, v any) (imgspecv1.Descriptor, error) {
+// WriteJSONBlob writes v, encoded, as a blob of the OCI layout at dir and
+// returns its descriptor with mediaType.
+func WriteJSONBlob(dir, mediaType string, v any) (imgspecv1.Descriptor, error) {
 	b, err := json.Marshal(v)
 	if err != nil {
 		return imgspecv1.Descriptor{}, fmt.Errorf("encoding %s: %w", mediaType, err)
@@ -284,8 +295,9 @@ func writeBlob(dir, mediaType string, data []byte) (imgspecv1.Descriptor, error)
 	return imgspecv1.Descriptor{MediaType: mediaType, Digest: d, Size: int64(len(data))}, nil
 }
 
-// writeIndexJSON finishes the layout with top as its only entry.
-func writeIndexJSON(dir string, top imgspecv1.Descriptor) error {
+// WriteLayoutIndex finishes the OCI layout at dir with entries as its
+// top-level manifests (or indexes).
+func WriteLayoutIndex(dir string, entries ...imgspecv1.Descriptor) error {
 	layoutJSON, err := json.Marshal(imgspecv1.ImageLayout{Version: imgspecv1.ImageLayoutVersion})
 	if err != nil {
 		return fmt.Errorf("encoding oci-layout: %w", err)
@@ -296,7 +308,7 @@ func writeIndexJSON(dir string, top imgspecv1.Descriptor) error {
 	index, err := json.Marshal(imgspecv1.Index{
 		Versioned: specs.Versioned{SchemaVersion: 2},
 		MediaType: imgspecv1.MediaTypeImageIndex,
-		Manifests: []imgspecv1.Descriptor{top},
+		Manifests: entries,
 	})
 	if err != nil {
 		return fmt.Errorf("encoding index.json: %w", err)
