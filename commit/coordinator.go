@@ -25,7 +25,10 @@
 //     digest for zstd:chunked partial pulls);
 //     - OwnerReused: the owner turns out to reuse the blob after all
 //     (a \"skipped\" event: its compressed-digest lookup missed, but a TOC or
-//     DiffID lookup that follows found the layer);
+//     DiffID lookup that follows found the layer; not the "skipped" event
+//     of a whole layer the owner's Store fetches itself, which
+//     containers/image takes as reused before it is fetched: its flight
+//     ends when its layer is committed, wholelayer.go);
 //     - InStore: containers/image finished one of the owner's layers (a
 //     "done" or "skipped" event, Image.Progress) and the store now has a
 //     layer that a lookup of the blob finds (reusable): containers/image
@@ -110,6 +113,12 @@
 //     The waits of another process are not in this process's wait graph,
 //     and need none of its slots (4).
 //
+// A blob a pull claims is fetched by containers/image, or, for a whole
+// (not zstd:chunked) layer, by the Store itself in the background
+// (wholelayer.go): the flight is the same, and so are these invariants; the
+// background fetch takes a --jobs slot of its own (or the one of the commit
+// that waits for it) and needs nothing from another pull.
+//
 // Waits happen only in LayersByCompressedDigest, the lookup every
 // TryReusingBlobWithOptions makes before any TOC- or DiffID-based lookup,
 // so one wait point serves gzip, zstd and zstd:chunked alike. Before
@@ -181,6 +190,7 @@ type PlannedImage struct {
 // Layer is one layer blob of a planned image.
 type Layer struct {
 	Blob digest.Digest // the compressed blob's digest
+	Size int64         // the blob's size as the manifest declares it; -1 if unknown
 	TOC  digest.Digest // zstd:chunked's TOC digest; "" for other layers
 }
 
@@ -342,12 +352,23 @@ type Image struct {
 	// layer; set by Store (invariants 2 and 5).
 	reusable func(blob digest.Digest) bool
 
-	layers []digest.Digest // the image's layer blobs, lowest first
+	layers  []digest.Digest // the image's layer blobs, lowest first
+	planned []Layer         // and as the plan has them
+
+	// whole, if set, lets the Store fetch whole layers itself (wholelayer.go).
+	whole        *WholeLayers
+	wholeCtx     context.Context // ends the fetches when copy.Image returns
+	wholeCancel  context.CancelFunc
+	wholeRunning sync.WaitGroup
 
 	mu       sync.Mutex
 	claims   map[digest.Digest]*flight
 	waitEnds map[digest.Digest]WaitEnd // how the last wait for each blob ended
 	looked   map[digest.Digest]bool    // layers decided by or for their own lookup (invariant 6)
+
+	wholeFetches map[string]*wholeFetch // by layer ID, until applied
+	wholeBlobs   map[digest.Digest]bool // blobs herd fetches itself
+	wholeErr     error                  // the first failure of one
 }
 
 // Join starts an attempt of the plan's image number image; ctx cancels its
@@ -359,7 +380,7 @@ func (c *Coordinator) Join(ctx context.Context, image int, hooks Hooks) *Image {
 		layers[i] = l.Blob
 	}
 	return &Image{
-		c: c, ctx: ctx, name: planned.Name, hooks: hooks.withNoOps(), layers: layers,
+		c: c, ctx: ctx, name: planned.Name, hooks: hooks.withNoOps(), layers: layers, planned: planned.Layers,
 		claims:   map[digest.Digest]*flight{},
 		waitEnds: map[digest.Digest]WaitEnd{},
 		looked:   map[digest.Digest]bool{},
@@ -448,6 +469,12 @@ func (img *Image) Progress(pp types.ProgressProperties) Obtained {
 		img.layerEnded()
 		return Fetched
 	case types.ProgressEventSkipped:
+		if img.fetchesWhole(pp.Artifact.Digest) {
+			// containers/image took the layer herd is fetching as reused:
+			// the fetch goes on, and its flight with it (wholelayer.go).
+			img.layerEnded()
+			return NotEnded
+		}
 		img.reused(pp.Artifact.Digest)
 		img.layerEnded()
 		// A wait, if any, ended before containers/image reported the skip.
@@ -703,6 +730,20 @@ func (c *Coordinator) mayWaitLocked(img *Image, blob digest.Digest, f *flight) b
 	default:
 		return !c.reachesLocked(f.owner, img)
 	}
+}
+
+// fetchesWhole reports whether the Store fetches blob itself.
+func (img *Image) fetchesWhole(blob digest.Digest) bool {
+	img.mu.Lock()
+	defer img.mu.Unlock()
+	return img.wholeBlobs[blob]
+}
+
+// owns reports whether img owns the flight of blob.
+func (img *Image) owns(blob digest.Digest) bool {
+	img.mu.Lock()
+	defer img.mu.Unlock()
+	return img.claims[blob] != nil
 }
 
 // claimsAbove reports whether img owns a flight of a layer above blob in its

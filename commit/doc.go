@@ -13,6 +13,9 @@
 //     failures (Hooks) and explains a parent layer removed meanwhile; a
 //     partially pulled layer's staged output lets go of the differ once
 //     staged and of the TOC once committed (memory).
+//   - wholelayer.go: a whole (gzip, zstd) layer a pull claims is fetched by
+//     the Store itself, in the background, and applied when
+//     containers/image commits it, decompressed once instead of twice.
 //   - tarcheck.go: every whole layer's tar is checked on its way into the
 //     store, and a hostile one refused before it is committed.
 package commit

@@ -58,6 +58,18 @@ func (s *Store) LayersByCompressedDigest(d digest.Digest) ([]storage.Layer, erro
 		case claimAgain:
 			continue
 		default:
+			// This pull fetches the blob: herd itself if it is a whole
+			// layer it can (wholelayer.go), else containers/image.
+			if s.image.owns(d) {
+				// Another process may have committed the layer and let go
+				// of its lock between the lookup above and the claim.
+				if again, aerr := s.Store.LayersByCompressedDigest(d); len(again) > 0 {
+					return again, aerr
+				}
+				if f := s.startWholeFetch(d); f != nil {
+					return []storage.Layer{f.placeholder()}, nil
+				}
+			}
 			return layers, err
 		}
 	}
@@ -115,6 +127,12 @@ func (s *Store) PutLayer(id, parent string, names []string, mountLabel string, w
 	}
 	diff, options, closeDiff := decompressOnce(diff, options)
 	defer closeDiff()
+	return s.apply(id, parent, names, mountLabel, writeable, options, diff)
+}
+
+// apply is PutLayer once the diff is what containers/storage is to read:
+// the tar check, the commit, and its report.
+func (s *Store) apply(id, parent string, names []string, mountLabel string, writeable bool, options *storage.LayerOptions, diff io.Reader) (*storage.Layer, int64, error) {
 	check := newLayerCheck(diff)
 	layer, size, err := s.Store.PutLayer(id, parent, names, mountLabel, writeable, options, check)
 	if unsafe := check.result(); unsafe != nil {

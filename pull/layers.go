@@ -82,8 +82,8 @@ func (ip *imagePull) committed(blob digest.Digest, partial bool) {
 }
 
 // onProgress turns containers/image's progress events into herd's, after
-// the coordinator has seen them.
-func (ip *imagePull) onProgress(pp types.ProgressProperties) {
+// the coordinator has seen them, and returns what the coordinator said.
+func (ip *imagePull) onProgress(pp types.ProgressProperties) commit.Obtained {
 	obtained := ip.image.Progress(pp)
 	d := pp.Artifact.Digest
 	_, isLayer := ip.layerIdx[d]
@@ -117,6 +117,9 @@ func (ip *imagePull) onProgress(pp types.ProgressProperties) {
 			ip.emit(Event{Kind: EventLayerDone, Blob: d, How: Fetched, Bytes: n, Size: pp.Artifact.Size})
 		}
 	case types.ProgressEventSkipped:
+		if obtained == commit.NotEnded {
+			return obtained // a layer herd fetches itself: its own events follow
+		}
 		how := Reused
 		if obtained == commit.Waited {
 			how = Waited
@@ -129,6 +132,7 @@ func (ip *imagePull) onProgress(pp types.ProgressProperties) {
 			ip.emit(Event{Kind: EventLayerDone, Blob: d, How: how, Size: pp.Artifact.Size})
 		}
 	}
+	return obtained
 }
 
 // finishLayers fills in how each layer was obtained once copy.Image returned.

@@ -82,7 +82,7 @@ func (t *target) distinctLayers() []types.BlobInfo {
 func planLayers(t *target) []commit.Layer {
 	layers := make([]commit.Layer, len(t.layers))
 	for i, l := range t.layers {
-		layers[i] = commit.Layer{Blob: l.Digest, TOC: tocDigest(l)}
+		layers[i] = commit.Layer{Blob: l.Digest, Size: l.Size, TOC: tocDigest(l)}
 	}
 	return layers
 }

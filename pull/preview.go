@@ -12,8 +12,10 @@ import (
 // Preview is what a pull of a list of images would do, read from their
 // manifests and the store alone: no blob is fetched (herd pull --dry-run).
 // Byte counts are the compressed sizes the manifests declare. A pull
-// fetches what ToFetch says, configs included, except that a zstd:chunked
-// layer may be pulled partially: then it fetches less.
+// fetches what ToFetch says, configs included (twice for an image of which
+// herd fetches a whole layer itself: it reads the config for the layer's
+// ID, see commit/wholelayer.go), except that a zstd:chunked layer may be
+// pulled partially: then it fetches less.
 type Preview struct {
 	Images []ImagePreview
 	Totals PreviewTotals
@@ -30,8 +32,9 @@ type ImagePreview struct {
 	Shared int64
 	// InStore is the size of its layers the store already has.
 	InStore int64
-	// ToFetch is what a pull would fetch for it: its config, and its layers
-	// the store lacks unless an image earlier in the list fetches them.
+	// ToFetch is what a pull would fetch for it: its config (twice if herd
+	// fetches one of its whole layers itself), and its layers the store
+	// lacks unless an image earlier in the list fetches them.
 	ToFetch int64
 }
 
@@ -61,7 +64,6 @@ func Plan(ctx context.Context, inputs []string, opts Options) Preview {
 			p.Images = append(p.Images, img)
 			continue
 		}
-		t.source.close()
 		kept := t.local != nil // --policy keeps the stored image: nothing is fetched for it
 		img.Bytes = t.config.Size
 		p.Totals.Bytes += t.config.Size
@@ -73,6 +75,8 @@ func Plan(ctx context.Context, inputs []string, opts Options) Preview {
 			p.Totals.Unique += t.config.Size
 			p.Totals.ToFetch += t.config.Size
 		}
+		// herd reads the config again for a whole layer it fetches itself.
+		configAgain := false
 		for _, l := range t.distinctLayers() { // one listed again reuses its first occurrence
 			img.Bytes += l.Size
 			p.Totals.Bytes += l.Size
@@ -94,9 +98,15 @@ func Plan(ctx context.Context, inputs []string, opts Options) Preview {
 			} else {
 				img.ToFetch += l.Size
 				p.Totals.ToFetch += l.Size
+				configAgain = configAgain || t.fetchesWhole(l.Digest)
 			}
 		}
+		if configAgain {
+			img.ToFetch += t.config.Size
+			p.Totals.ToFetch += t.config.Size
+		}
 		p.Images = append(p.Images, img)
+		t.source.close()
 	}
 	return p
 }

@@ -103,7 +103,8 @@ func Run(ctx context.Context, inputs []string, opts Options) []*Result {
 
 	// The blob-info cache every copy.Image of the run opens (the same
 	// BlobInfoCacheDir): it knows a blob's DiffID as soon as a pull fetched it.
-	diffIDs, _ := blobinfocache.DefaultCache(opts.System).(commit.DiffIDs) // nil if a future cache lacks TOC lookups
+	cache := blobinfocache.DefaultCache(opts.System)
+	diffIDs, _ := cache.(commit.DiffIDs) // nil if a future cache lacks TOC lookups
 	// Other herd processes on the store share their fetches through locks
 	// under its run root; without them this run coordinates only its own.
 	var locks *commit.BlobLocks
@@ -132,7 +133,7 @@ func Run(ctx context.Context, inputs []string, opts Options) []*Result {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			run := &imagePull{index: i, target: t, result: results[i], opts: &opts, coord: coord, runProgress: runProgress, runStart: runStart, slots: slots, stopRun: cancel}
+			run := &imagePull{index: i, target: t, result: results[i], opts: &opts, coord: coord, cache: cache, runProgress: runProgress, runStart: runStart, slots: slots, stopRun: cancel}
 			if t.local != nil {
 				run.keep(ctx)
 			} else {
@@ -233,6 +234,7 @@ type imagePull struct {
 	result *Result
 	opts   *Options
 	coord  *commit.Coordinator
+	cache  types.BlobInfoCache // the run's, as copy.Image opens it
 	slots  *slots
 	// runProgress is when any image of the run last made progress (watchdog).
 	runProgress *runClock
@@ -380,12 +382,15 @@ func (ip *imagePull) copy(ctx context.Context, wd *watchdog) error {
 	}
 
 	progress := make(chan types.ProgressProperties)
+	image.FetchWholeLayers(ip.wholeLayers(ip.target.source.next(ctx, ip.opts.System), progress))
 	drained := make(chan struct{})
 	go func() {
 		defer close(drained)
 		for pp := range progress {
+			if ip.onProgress(pp) == commit.NotEnded && pp.Event == types.ProgressEventSkipped {
+				continue // a layer herd fetches itself: its transfer stays timed
+			}
 			wd.progress(pp)
-			ip.onProgress(pp)
 		}
 	}()
 	_, err = copy.Image(ctx, policy, dest, ip.target.source, &copy.Options{
@@ -400,7 +405,11 @@ func (ip *imagePull) copy(ctx context.Context, wd *watchdog) error {
 		ProgressInterval: progressInterval,
 	})
 	// containers/image never closes the channel and has stopped sending once
-	// copy.Image returns.
+	// copy.Image returns; herd's own fetches stop here.
+	image.EndWholeLayers()
+	if werr := image.WholeLayerError(); err != nil && werr != nil {
+		err = werr // containers/image says only that it could not find the layer
+	}
 	close(progress)
 	<-drained
 	ip.failStore(err) // a full temporary directory shows only here

@@ -92,6 +92,27 @@ func (r *resolvedSource) NewImageSource(ctx context.Context, sys *types.SystemCo
 	return r.ImageReference.NewImageSource(ctx, sys)
 }
 
+// next returns the source the next copy.Image of the image will read: the
+// one resolve opened (or an earlier attempt left unused), or a new one by
+// digest. Opening it before copy.Image lets herd fetch whole layers through
+// the same source while copy.Image runs (wholeLayers). nil if it cannot be
+// opened: copy.Image then opens it itself and reports why it cannot.
+func (r *resolvedSource) next(ctx context.Context, sys *types.SystemContext) types.ImageSource {
+	if r == nil { // a target the pull policy keeps
+		return nil
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.opened == nil {
+		src, err := r.ImageReference.NewImageSource(ctx, sys)
+		if err != nil {
+			return nil
+		}
+		r.opened = src
+	}
+	return r.opened
+}
+
 // close closes the source resolve opened, if copy.Image never took it.
 func (r *resolvedSource) close() {
 	if r == nil { // a target the pull policy keeps

@@ -274,9 +274,19 @@ func TestFullDiskFailsFastWithoutRefetching(t *testing.T) {
 			if noSpace == 0 {
 				t.Error("no image failed with \"no space left on device\"")
 			}
+			configs := map[digest.Digest]bool{}
+			for _, img := range images {
+				configs[img.ConfigDigest] = true
+			}
 			for d, n := range e.reg.Served() {
-				if gets := e.reg.BlobGets(d); gets > 1 {
-					t.Errorf("blob %s requested %d times (%d bytes served), want at most once", d, gets, n)
+				// herd reads a config twice: for the IDs of the whole
+				// layers it fetches itself, and in containers/image.
+				most := 1
+				if configs[d] {
+					most = 2
+				}
+				if gets := e.reg.BlobGets(d); gets > most {
+					t.Errorf("blob %s requested %d times (%d bytes served), want at most %d", d, gets, n, most)
 				}
 			}
 			e.reg.ResetCounters()
@@ -310,7 +320,11 @@ func TestLayerRemovedDuringPullIsRetried(t *testing.T) {
 	}
 
 	// B's own layer is held until A, and with it the base layer B has
-	// already chosen to reuse, is gone.
+	// already chosen to reuse, is gone. At --jobs 1 the base's lookup and
+	// its "reused" report come before the own layer's fetch starts:
+	// containers/image commits the layers queued above a layer inside that
+	// layer's call, so a layer herd fetches itself, queued early, would
+	// hold the base's report back until its fetch ends.
 	var stderr syncBuffer
 	release := make(chan struct{})
 	held := make(chan struct{}, 1)
@@ -330,7 +344,7 @@ func TestLayerRemovedDuringPullIsRetried(t *testing.T) {
 	go func() {
 		herdMu.Lock()
 		defer herdMu.Unlock()
-		args := e.pullArgs("--format", "json", "--retry-delay", "10ms", "--stall-timeout", "10m", b.Ref)
+		args := e.pullArgs("--jobs", "1", "--format", "json", "--retry-delay", "10ms", "--stall-timeout", "10m", b.Ref)
 		done <- cmd.ExecuteContext(context.Background(), args, cmd.IO{Stdin: strings.NewReader(""), Stdout: &stdout, Stderr: &stderr})
 	}()
 	<-held

@@ -90,8 +90,10 @@ func (c *cacheSite) machine(what string) progress.Summary {
 		}
 	}
 	for _, img := range c.images {
-		if n := c.cache.BlobGets(img.ConfigDigest); n != 1 {
-			t.Errorf("%s: the cache served config %s in %d GETs, want 1", what, img.ConfigDigest, n)
+		// Twice: herd reads it for the IDs of the whole layers it fetches
+		// itself (commit/wholelayer.go), and containers/image reads it.
+		if n := c.cache.BlobGets(img.ConfigDigest); n != 2 {
+			t.Errorf("%s: the cache served config %s in %d GETs, want 2", what, img.ConfigDigest, n)
 		}
 		repo, tag := repoTag(img.Ref)
 		if g, h := c.cache.ManifestGets(repo, tag), c.cache.ManifestHeads(repo, tag); g != 1 || h != 0 {
@@ -160,13 +162,16 @@ func TestPullThroughCache(t *testing.T) {
 			t.Errorf("machine 1: the origin served layer %s (%d bytes) as %d bytes in %d GETs, want once", l.Digest, l.Size, got, n)
 		}
 	}
+	var configBytes int64 // what the cache served of the configs herd read twice, once
 	for _, img := range c.images {
-		if got, want, n := origin.BlobBytes(img.ConfigDigest), c.cache.BlobBytes(img.ConfigDigest), origin.BlobGets(img.ConfigDigest); got != want || n != 1 {
-			t.Errorf("machine 1: the origin served config %s as %d bytes in %d GETs, want once (%d bytes)", img.ConfigDigest, got, n, want)
+		once := c.cache.BlobBytes(img.ConfigDigest) / 2
+		configBytes += once
+		if got, n := origin.BlobBytes(img.ConfigDigest), origin.BlobGets(img.ConfigDigest); got != once || n != 1 {
+			t.Errorf("machine 1: the origin served config %s as %d bytes in %d GETs, want once (%d bytes)", img.ConfigDigest, got, n, once)
 		}
 	}
-	if got, want := origin.TotalBlobBytes(), c.cache.TotalBlobBytes(); got != want {
-		t.Errorf("machine 1: the origin served %d blob bytes, the cache %d; want the same", got, want)
+	if got, want := origin.TotalBlobBytes(), c.cache.TotalBlobBytes()-configBytes; got != want {
+		t.Errorf("machine 1: the origin served %d blob bytes, the cache %d besides the configs it served again; want the same", got, want)
 	}
 	// The cache asks where the tag points (HEAD), then fetches the manifest
 	// it lacks by that tag (GET), and keeps it.

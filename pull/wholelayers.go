@@ -1,0 +1,156 @@
+package pull
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"sync"
+
+	digest "github.com/opencontainers/go-digest"
+	"go.podman.io/image/v5/pkg/blobinfocache/none"
+	"go.podman.io/image/v5/types"
+
+	"github.com/herd-project/herd/commit"
+)
+
+// wholeLayers lets the attempt's Store fetch the whole layers it claims
+// itself, decompressing each once (commit/wholelayer.go), through src, the
+// source this attempt's copy.Image reads, under the run's --jobs slots;
+// their progress goes where containers/image's goes. It returns nil when
+// src cannot serve blobs to several goroutines at once (some archive
+// transports) or the image has no config (Docker schema 1): then
+// containers/image fetches every layer.
+func (ip *imagePull) wholeLayers(src types.ImageSource, progress chan<- types.ProgressProperties) *commit.WholeLayers {
+	if !ip.target.mayFetchWhole(src) {
+		return nil
+	}
+	config := &configDiffIDs{src: src, config: ip.target.config, counted: func(n int64) {
+		ip.mu.Lock()
+		ip.fetched[ip.target.config.Digest] += n
+		ip.mu.Unlock()
+	}}
+	return &commit.WholeLayers{
+		Source:  src,
+		DiffIDs: config.get,
+		Cache:   ip.cache,
+		TempDir: bigFilesDir(ip.opts.System),
+		Slot: func(ctx context.Context) (func(), error) {
+			if err := ip.slots.sem.Acquire(ctx, 1); err != nil {
+				return nil, err
+			}
+			return func() { ip.slots.sem.Release(1) }, nil
+		},
+		Lend: func() func() {
+			lent := ip.slots.lend(1) // the waiting layer's: its others go on
+			return func() { ip.slots.reclaim(lent) }
+		},
+		Progress:         func(pp types.ProgressProperties) { progress <- pp },
+		ProgressInterval: progressInterval,
+	}
+}
+
+// mayFetchWhole reports whether herd may fetch the image's whole layers
+// itself through src (wholeLayers): not for an image with an encrypted
+// layer, or one served from other URLs than the registry's (foreign
+// layers), which containers/image knows how to handle.
+func (t *target) mayFetchWhole(src types.ImageSource) bool {
+	if src == nil || !src.HasThreadSafeGetBlob() || t.config.Digest == "" {
+		return false
+	}
+	for _, l := range t.layers {
+		if strings.HasSuffix(l.MediaType, "+encrypted") || len(l.URLs) > 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// fetchesWhole reports whether herd fetches blob itself, as
+// commit.Store.startWholeFetch decides, if this image is to fetch it (for
+// a dry run: the store's state aside): a layer with no zstd:chunked layer
+// at or below it, in an image that lists no blob twice.
+func (t *target) fetchesWhole(blob digest.Digest) bool {
+	if t.source == nil || !t.mayFetchWhole(t.source.opened) || len(t.distinctLayers()) != len(t.layers) {
+		return false
+	}
+	for _, l := range t.layers {
+		if tocDigest(l) != "" {
+			return false
+		}
+		if l.Digest == blob {
+			return true
+		}
+	}
+	return false
+}
+
+// bigFilesDir is where containers/image keeps blobs it fetches.
+func bigFilesDir(sys *types.SystemContext) string {
+	if sys != nil && sys.BigFilesTemporaryDir != "" {
+		return sys.BigFilesTemporaryDir
+	}
+	return "/var/tmp" // containers/image's default
+}
+
+// maxConfigSize bounds the config herd reads for its DiffIDs: the bound
+// containers/image applies to configs (its internal iolimits).
+const maxConfigSize = 4 << 20
+
+// configDiffIDs reads an image's config once, for the DiffIDs of its
+// layers: a whole layer's storage ID is the chain of DiffIDs below it, and
+// is needed before the layer arrives. containers/image reads the config
+// too, through its own calls, so it is fetched twice (a few KiB); it has
+// no way to share it.
+type configDiffIDs struct {
+	src     types.ImageSource
+	config  types.BlobInfo
+	counted func(bytes int64) // what the registry sent, for the summary
+
+	once    sync.Once
+	diffIDs []digest.Digest
+	err     error
+}
+
+func (c *configDiffIDs) get(ctx context.Context) ([]digest.Digest, error) {
+	c.once.Do(func() { c.diffIDs, c.err = c.read(ctx) })
+	return c.diffIDs, c.err
+}
+
+func (c *configDiffIDs) read(ctx context.Context) ([]digest.Digest, error) {
+	if err := c.config.Digest.Validate(); err != nil {
+		return nil, err
+	}
+	if c.config.Size > maxConfigSize {
+		return nil, errors.New("config too large")
+	}
+	body, _, err := c.src.GetBlob(ctx, c.config, none.NoCache)
+	if err != nil {
+		return nil, err
+	}
+	defer body.Close()
+	blob, err := io.ReadAll(io.LimitReader(body, maxConfigSize+1))
+	c.counted(int64(len(blob)))
+	if err != nil {
+		return nil, err
+	}
+	if got := c.config.Digest.Algorithm().FromBytes(blob); got != c.config.Digest {
+		return nil, fmt.Errorf("config digest %s, want %s", got, c.config.Digest)
+	}
+	var config struct {
+		RootFS struct {
+			DiffIDs []digest.Digest `json:"diff_ids"`
+		} `json:"rootfs"`
+	}
+	if err := json.Unmarshal(blob, &config); err != nil {
+		return nil, err
+	}
+	for _, d := range config.RootFS.DiffIDs {
+		if err := d.Validate(); err != nil {
+			return nil, err
+		}
+	}
+	return config.RootFS.DiffIDs, nil
+}
