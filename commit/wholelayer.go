@@ -396,12 +396,12 @@ func (s *Store) adopt(f *wholeFetch) (*storage.Layer, error) {
 }
 
 // layerTar is f's blob from its start, decompressed, checked against the
-// DiffID at its end.
+// DiffID at its end. Each call reads the file at offsets of its own: a
+// decompressor that containers/storage runs as a process (zstd, unpigz)
+// is fed by a goroutine that may still be reading after an earlier
+// stream was closed.
 func (f *wholeFetch) layerTar() (*diffIDReader, func(), error) {
-	if _, err := f.file.Seek(0, io.SeekStart); err != nil {
-		return nil, nil, err
-	}
-	tarStream, err := archive.DecompressStream(f.file)
+	tarStream, err := archive.DecompressStream(io.NewSectionReader(f.file, 0, f.bytes))
 	if err != nil {
 		return nil, nil, err
 	}
