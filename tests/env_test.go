@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -447,11 +448,24 @@ func (e *env) startHerdWith(tmp string, setup func(*exec.Cmd), args ...string) *
 	e.t.Helper()
 	p := &herdProcess{cmd: e.herdCommand([]string{"TMPDIR=" + tmp}, args...)}
 	p.cmd.Stdout, p.cmd.Stderr = &p.stdout, &p.stderr
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // for killGroup
 	setup(p.cmd)
 	if err := p.cmd.Start(); err != nil {
 		e.t.Fatalf("starting herd: %v", err)
 	}
 	return p
+}
+
+// killGroup SIGKILLs herd and every process it started (startHerdWith
+// gives it a process group of its own), as a shell or systemd kills a job.
+// Killing herd alone leaves its helpers running for a moment:
+// containers/storage's untar children, whose writes then race the next
+// run's removal of their temporary directories ("recover stale temp dirs:
+// … directory not empty"), and, on these machines, now and then a child of
+// os/exec's fork caught before its exec (one thread, asleep in a futex for
+// good), which keeps herd's output pipes, files and blob locks open.
+func (p *herdProcess) killGroup() {
+	_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
 }
 
 // wait waits for the process and returns its exit status (-1 if a signal

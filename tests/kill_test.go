@@ -131,7 +131,7 @@ func TestKilledRunLeavesStoreConsistent(t *testing.T) {
 		delay := time.Duration(rng.Float64() * float64(full))
 		p := e.startHerd(tmp, refs(images...)...)
 		time.Sleep(delay)
-		_ = p.cmd.Process.Signal(syscall.SIGKILL)
+		p.killGroup()
 		code := p.wait(t)
 
 		committed, pulled := e.verifyStoreAfterCrash(t, images)
@@ -326,7 +326,7 @@ func TestEarlyKillLeavesNothingAfterRerun(t *testing.T) {
 			e.resetStore()
 			p := e.startHerd(tmp, img.Ref)
 			time.Sleep(ms * time.Millisecond)
-			_ = p.cmd.Process.Signal(syscall.SIGKILL)
+			p.killGroup()
 			code := p.wait(t)
 			if probes := overlayProbeDirs(t, e); len(probes) > 0 {
 				t.Logf("killed after %dms (exit %d): the kill left %v", ms, code, probes)
