@@ -390,12 +390,17 @@ func (c *Coordinator) Join(ctx context.Context, image int, hooks Hooks) *Image {
 // OneLayerAtATime reports whether the image lists a layer blob more than
 // once, so that its copy.Image must copy one layer at a time (invariant 7).
 func (img *Image) OneLayerAtATime() bool {
+	return listsTwice(img.planned)
+}
+
+// listsTwice reports whether some blob is in layers more than once.
+func listsTwice(layers []Layer) bool {
 	seen := map[digest.Digest]bool{}
-	for _, l := range img.layers {
-		if seen[l] {
+	for _, l := range layers {
+		if seen[l.Blob] {
 			return true
 		}
-		seen[l] = true
+		seen[l.Blob] = true
 	}
 	return false
 }

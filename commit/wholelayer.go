@@ -114,8 +114,8 @@ func (f *wholeFetch) placeholder() storage.Layer {
 // itself (see above). Call it before copy.Image starts, and EndWholeLayers
 // once it has returned.
 func (img *Image) FetchWholeLayers(w *WholeLayers) {
-	if w == nil || img.OneLayerAtATime() {
-		return // invariant 7: its one copy at a time holds its only slot
+	if w == nil {
+		return
 	}
 	img.whole = w
 	img.wholeCtx, img.wholeCancel = context.WithCancel(img.ctx)
@@ -156,19 +156,10 @@ func (s *Store) startWholeFetch(blob digest.Digest) *wholeFetch {
 	if w == nil || img.WholeLayerError() != nil {
 		return nil // after a failure, containers/image reports it (Store.Layer)
 	}
-	index := -1
-	for i, l := range img.planned {
-		if l.TOC != "" {
-			return nil // partial pulls and TOC-based layer IDs are containers/image's
-		}
-		if l.Blob == blob {
-			index = i
-			break
-		}
-	}
-	if index < 0 || blob.Validate() != nil || s.Store.PullOptions()["convert_images"] == "true" {
-		// Not a layer of the manifest; or containers/image is to convert
-		// layers to zstd:chunked as it pulls them (storage.conf).
+	index, whole := WholeLayerIndex(img.planned, blob)
+	if !whole || blob.Validate() != nil || s.Store.PullOptions()["convert_images"] == "true" {
+		// Or containers/image is to convert layers to zstd:chunked as it
+		// pulls them (storage.conf).
 		return nil
 	}
 	diffIDs, err := w.DiffIDs(img.ctx)
@@ -203,6 +194,27 @@ func (s *Store) startWholeFetch(blob digest.Digest) *wholeFetch {
 		}
 	}()
 	return f
+}
+
+// WholeLayerIndex returns blob's index among an image's planned layers,
+// and whether herd fetches it itself when the image claims it (the pull
+// engine's dry run asks the same): a layer of the manifest with no
+// zstd:chunked layer at or below it (partial pulls, and layer IDs made
+// from TOC digests, are containers/image's), in an image that lists no
+// blob twice (invariant 7: its one copy at a time holds its only slot).
+func WholeLayerIndex(layers []Layer, blob digest.Digest) (int, bool) {
+	if listsTwice(layers) {
+		return -1, false
+	}
+	for i, l := range layers {
+		if l.TOC != "" {
+			return -1, false
+		}
+		if l.Blob == blob {
+			return i, true
+		}
+	}
+	return -1, false
 }
 
 // layerChain returns the storage IDs of the layer whose DiffIDs (lowest

@@ -68,23 +68,14 @@ func (t *target) mayFetchWhole(src types.ImageSource) bool {
 	return true
 }
 
-// fetchesWhole reports whether herd fetches blob itself, as
-// commit.Store.startWholeFetch decides, if this image is to fetch it (for
-// a dry run: the store's state aside): a layer with no zstd:chunked layer
-// at or below it, in an image that lists no blob twice.
+// fetchesWhole reports whether herd fetches blob itself if this image is
+// to fetch it (for a dry run: the store's state aside).
 func (t *target) fetchesWhole(blob digest.Digest) bool {
-	if t.source == nil || !t.mayFetchWhole(t.source.opened) || len(t.distinctLayers()) != len(t.layers) {
+	if t.source == nil || !t.mayFetchWhole(t.source.opened) {
 		return false
 	}
-	for _, l := range t.layers {
-		if tocDigest(l) != "" {
-			return false
-		}
-		if l.Digest == blob {
-			return true
-		}
-	}
-	return false
+	_, whole := commit.WholeLayerIndex(planLayers(t), blob)
+	return whole
 }
 
 // bigFilesDir is where containers/image keeps blobs it fetches.
