@@ -72,11 +72,15 @@
 //     So when a lookup misses, the layers below it that this pull has not
 //     looked up yet, and that the store does not have, are decided first,
 //     on their behalf: claimed if nobody fetches them, waited for if another
-//     pull does. This is skipped when no other image of the run needs the
-//     blob looked up (an image's own top layer): nobody in this process
-//     will wait for it, so claiming it closes no cycle here, and its fetch
-//     should not wait for lower layers (invariant 8 still waits for another
-//     process's flight below it, and skips nothing while other herds run).
+//     pull does. When no other image of the run needs the blob looked up
+//     (an image's own top layer), the waits for this process's pulls are
+//     skipped: nobody in this process will wait for it, so claiming it
+//     closes no cycle here, and its fetch should not wait for lower layers
+//     (invariant 8 still waits for another process's flight below it, and
+//     skips nothing while other herds run). The layers below it that
+//     nobody fetches are still claimed, bottom up until one is not this
+//     pull's: that waits for nothing, and a herd process started later
+//     finds them taken (8).
 //     Their goroutines already hold their slots (copyLayers acquires in
 //     layer order, and a layer keeps its slot until its lookup and copy are
 //     over), so these claims keep invariants 1 and 4. With shared layers in
@@ -593,6 +597,13 @@ func (img *Image) claimOrWait(blob digest.Digest, below []digest.Digest, shared 
 	// image needs is decided after the layers below it as well (8).
 	others := c.locks.othersActive()
 	c.mu.Lock()
+	// Below a blob only this image needs, nothing of this process is waited
+	// for, but the layers nobody fetches are claimed all the same, bottom up
+	// until one is not this pull's (above that, a claim would break 6): a
+	// herd process that starts later then finds them taken and waits, where
+	// it would otherwise claim one under this pull's claim above it, which
+	// must then fetch it again (8).
+	mayClaim := true
 	for _, b := range below {
 		// Invariant 6 decides the layers no lookup has decided yet;
 		// invariant 8 also those whose lookup is under way (it may be
@@ -601,7 +612,7 @@ func (img *Image) claimOrWait(blob digest.Digest, below []digest.Digest, shared 
 		undecided := img.undecided(b)
 		f := c.flights[b]
 		switch {
-		case f == nil && undecided && (shared || others):
+		case f == nil && undecided && (shared || others || mayClaim):
 			if c.claimLocked(img, b) {
 				continue
 			}
@@ -611,9 +622,13 @@ func (img *Image) claimOrWait(blob digest.Digest, below []digest.Digest, shared 
 			// pull wait for itself, through that lookup's wait or another
 			// pull's wait for the claim. Only another process's flight
 			// matters (8).
+			mayClaim = false
 			if f = c.otherProcessFlightLocked(img, b); f == nil {
 				continue
 			}
+		}
+		if f.owner != img {
+			mayClaim = false
 		}
 		if (f.owner == nil || undecided && shared || others) && c.mayWaitLocked(img, b, f) {
 			// Another pull, or process, fetches a lower layer: let it commit

@@ -317,3 +317,27 @@ func TestUpperLookupWaitsForLowerLayerInFlight(t *testing.T) {
 		t.Fatalf("b deciding Y again: %v, want fetchIt (claim)", d)
 	}
 }
+
+// Invariant 6 below an image's own top layer: its lookup waits for no pull
+// of this process, and claims the layers below it that nobody fetches only
+// up to the first one another pull fetches: a claim above that could make
+// the other pull, waiting for it, wait for a pull that waits for it.
+func TestTopLayerLookupClaimsNothingAboveAnotherPullsFlight(t *testing.T) {
+	blobZ := digest.FromString("z")
+	c := NewCoordinator(Plan{
+		{Name: "a", Layers: []Layer{{Blob: blobX}, {Blob: blobY}}},
+		{Name: "b", Layers: []Layer{{Blob: blobX}, {Blob: blobY}, {Blob: blobZ}}},
+	}, nil, nil)
+	a := c.Join(context.Background(), 0, Hooks{})
+	b := c.Join(context.Background(), 1, Hooks{})
+	a.claimOrWait(blobX, a.lookingUp(blobX), true)
+	if d := b.claimOrWait(blobZ, b.lookingUp(blobZ), false); d != fetchIt {
+		t.Fatalf("b's own top layer: %v, want fetchIt without waiting for a's X", d)
+	}
+	c.mu.Lock()
+	fy := c.flights[blobY]
+	c.mu.Unlock()
+	if fy != nil {
+		t.Fatalf("b's top-layer lookup claimed Y, above a's flight of X (owner %s)", fy.ownerName())
+	}
+}

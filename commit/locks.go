@@ -29,8 +29,9 @@ import (
 // a lock another process holds. Processes that do not take part (podman,
 // CRI-O) never see these files and work as before.
 type BlobLocks struct {
-	dir      string
-	presence *os.File // this process's presence file, locked for its life
+	dir          string
+	presence     *os.File // this process's presence file, locked for its life
+	presencePath string   // its name (the file was renamed after it was opened)
 }
 
 // OpenBlobLocks uses (and creates) dir for the lock files, and announces
@@ -41,22 +42,32 @@ func OpenBlobLocks(dir string) (*BlobLocks, error) {
 	if err := os.MkdirAll(filepath.Join(dir, "processes"), 0o700); err != nil {
 		return nil, fmt.Errorf("creating the directory for herd's blob locks: %w", err)
 	}
-	name := fmt.Sprintf("%d-%d.present", os.Getpid(), time.Now().UnixNano())
-	f, err := os.OpenFile(filepath.Join(dir, "processes", name), os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC, 0o600)
+	// The file is locked under a name othersActive does not list, then
+	// renamed: under its final name it is never seen unlocked, so another
+	// process's othersActive can neither take it for a dead process's and
+	// remove it, nor hold its lock at the moment this process takes it.
+	name := filepath.Join(dir, "processes", fmt.Sprintf("%d-%d", os.Getpid(), time.Now().UnixNano()))
+	f, err := os.OpenFile(name+".new", os.O_RDWR|os.O_CREATE|os.O_EXCL|unix.O_CLOEXEC, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("announcing this herd beside the store: %w", err)
 	}
 	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
 		f.Close()
+		os.Remove(name + ".new")
 		return nil, fmt.Errorf("announcing this herd beside the store: %w", err)
 	}
-	return &BlobLocks{dir: dir, presence: f}, nil
+	if err := os.Rename(name+".new", name+".present"); err != nil {
+		f.Close()
+		os.Remove(name + ".new")
+		return nil, fmt.Errorf("announcing this herd beside the store: %w", err)
+	}
+	return &BlobLocks{dir: dir, presence: f, presencePath: name + ".present"}, nil
 }
 
 // Close withdraws this process's announcement.
 func (l *BlobLocks) Close() {
 	if l != nil {
-		os.Remove(l.presence.Name())
+		os.Remove(l.presencePath)
 		l.presence.Close()
 	}
 }
@@ -72,7 +83,7 @@ func (l *BlobLocks) othersActive() bool {
 	files, _ := filepath.Glob(filepath.Join(l.dir, "processes", "*.present"))
 	active := false
 	for _, path := range files {
-		if path == l.presence.Name() {
+		if path == l.presencePath {
 			continue
 		}
 		f, err := os.Open(path)

@@ -16,16 +16,20 @@ import (
 func twoProcesses(t *testing.T, plan1, plan2 Plan) (*Coordinator, *Coordinator) {
 	t.Helper()
 	dir := t.TempDir()
-	open := func(plan Plan) *Coordinator {
-		l, err := OpenBlobLocks(dir)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c := NewCoordinator(plan, nil, l)
-		t.Cleanup(c.Close)
-		return c
+	return openProcess(t, dir, plan1), openProcess(t, dir, plan2)
+}
+
+// openProcess returns the coordinator of a herd process that starts now on
+// the store whose blob locks are in dir, pulling plan.
+func openProcess(t *testing.T, dir string, plan Plan) *Coordinator {
+	t.Helper()
+	l, err := OpenBlobLocks(dir)
+	if err != nil {
+		t.Fatal(err)
 	}
-	return open(plan1), open(plan2)
+	c := NewCoordinator(plan, nil, l)
+	t.Cleanup(c.Close)
+	return c
 }
 
 // joinWatched joins image of c with hooks that record its wait events on
@@ -129,5 +133,40 @@ func TestNoClaimAboveAnotherProcessFlight(t *testing.T) {
 	}
 	if d := <-upper; d != claimAgain {
 		t.Errorf("upper layer: %v, want claimAgain (decide again, now that nothing below is another process's)", d)
+	}
+}
+
+// Invariant 6 with 8: the lookup of an image's own top layer claims the
+// layers below it that nobody fetches, though it waits for none of them.
+// A herd process that starts later (so othersActive was false at that
+// lookup) then finds the base taken and waits for it, instead of claiming
+// it under the first process's claim above it, which would have had to
+// fetch the base again (seen as a blob fetched three times by three herds
+// started at once).
+func TestTopLayerLookupClaimsTheBaseForProcessesStartedLater(t *testing.T) {
+	dir := t.TempDir()
+	first := openProcess(t, dir, xUnderY) // alone on the store so far
+	p := first.Join(context.Background(), 0, Hooks{})
+	if d := p.claimOrWait(blobY, p.lookingUp(blobY), false); d != fetchIt {
+		t.Fatalf("the first process's top layer: %v, want fetchIt", d)
+	}
+	later := openProcess(t, dir, xUnderY)
+	q, events := joinWatched(later, 0)
+	got := make(chan decision, 1)
+	go func() { got <- q.claimOrWait(blobX, q.lookingUp(blobX), true) }()
+	select {
+	case e := <-events:
+		if e.Blob != blobX || e.Owner != "another herd process" {
+			t.Fatalf("the later process: %+v, want a wait for another herd process's fetch of the base", e)
+		}
+	case d := <-got:
+		t.Fatalf("the later process decided %v about the base, want a wait for the first process's claim of it", d)
+	}
+	if d := p.claimOrWait(blobX, p.lookingUp(blobX), true); d != fetchIt || !p.owns(blobX) {
+		t.Fatalf("the first process's own lookup of its base: %v (owns it: %v), want fetchIt with the claim made for it", d, p.owns(blobX))
+	}
+	p.Done() // as if its fetch failed: the lock is free
+	if d := <-got; d != claimAgain {
+		t.Errorf("the later process after the first let go: %v, want claimAgain", d)
 	}
 }

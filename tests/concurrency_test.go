@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	digest "github.com/opencontainers/go-digest"
 	"go.podman.io/storage"
 	storagetypes "go.podman.io/storage/types"
 
@@ -91,10 +92,19 @@ func TestConcurrentProcessesShareOneStore(t *testing.T) {
 		t.Logf("round %d: all four processes done in %s", round, time.Since(start).Round(time.Millisecond))
 		// Issue 14, test 2: herd's processes fetch each blob at most once
 		// among themselves (podman takes no part, and may fetch it too).
+		reported := map[digest.Digest]bool{}
 		for _, p := range images {
 			for _, l := range p.Layers {
-				if n := herdGets.get(l.Digest); n > 1 {
-					t.Errorf("round %d: herd processes fetched blob %s %d times, want at most once", round, l.Digest, n)
+				if n := herdGets.get(l.Digest); n > 1 && !reported[l.Digest] {
+					reported[l.Digest] = true
+					t.Errorf("round %d: herd processes fetched blob %s %d times, want at most once; what each said of it:", round, l.Digest, n)
+					for i, proc := range procs {
+						for _, line := range strings.Split(proc.stderr.String(), "\n") {
+							if strings.Contains(line, l.Digest.Encoded()[:12]) {
+								t.Logf("herd %d: %s", i, line)
+							}
+						}
+					}
 				}
 			}
 		}
