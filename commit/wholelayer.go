@@ -308,7 +308,7 @@ func (s *Store) Layer(id string) (*storage.Layer, error) {
 	}
 	layer, err := s.applyWhole(f)
 	if err != nil {
-		err = &FetchError{Blob: f.info.Digest, Err: err}
+		err = &FetchError{Blob: f.info.Digest, Fetched: f.err == nil, Err: err}
 		img.mu.Lock()
 		if img.wholeErr == nil {
 			img.wholeErr = err
@@ -425,13 +425,20 @@ func removeFile(file *os.File) {
 	_ = os.Remove(file.Name())
 }
 
-// FetchError is the failure of a whole layer the Store fetched itself.
+// FetchError is the failure of a whole layer the Store fetched itself: of
+// its fetch, or, once the blob was fetched, of the layer's commit.
 type FetchError struct {
-	Blob digest.Digest
-	Err  error
+	Blob    digest.Digest
+	Fetched bool // the fetch succeeded; the commit failed
+	Err     error
 }
 
-func (e *FetchError) Error() string { return fmt.Sprintf("fetching blob %s: %v", e.Blob, e.Err) }
+func (e *FetchError) Error() string {
+	if e.Fetched {
+		return fmt.Sprintf("committing the layer of blob %s: %v", e.Blob, e.Err)
+	}
+	return fmt.Sprintf("fetching blob %s: %v", e.Blob, e.Err)
+}
 
 func (e *FetchError) Unwrap() error { return e.Err }
 
