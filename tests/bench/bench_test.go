@@ -116,11 +116,13 @@ func TestBenchQuick(t *testing.T) {
 			t.Errorf("plot of %s is only %dx%d", set, b.Dx(), b.Dy())
 		}
 	}
-	// herd's first fleet gzip run, drawn from its JSON summary (in a full
-	// run: the real set's).
-	checkPNG(t, filepath.Join(out, "timeline-fleet-gzip.png"))
-	if !strings.Contains(table, "timeline-fleet-gzip.png") {
-		t.Errorf("the report does not mention the timeline")
+	// herd's first fleet run in each compression, drawn from its JSON
+	// summary (in a full run: the real set's).
+	for _, name := range []string{"timeline-fleet-gzip", "timeline-fleet-zstd-chunked"} {
+		checkPNG(t, filepath.Join(out, name+".png"))
+		if !strings.Contains(table, name+".png pictures herd's first run of fleet") {
+			t.Errorf("the report does not mention %s.png", name)
+		}
 	}
 	var raw savedResults
 	if b, err := os.ReadFile(filepath.Join(out, "results.json")); err != nil {

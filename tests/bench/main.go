@@ -444,12 +444,12 @@ func run(ctx context.Context, cfg *config, stdout io.Writer) error {
 						}
 						key := rowKey{set: sc.set, compression: comp, limit: limit, contender: c}
 						summary := ""
-						if i == 0 && key == res.timelineKey() {
+						if i == 0 && res.isTimelineKey(key) {
 							summary = filepath.Join(cfg.out, timelineName(key)+".json")
 						}
 						m := r.measure(ctx, c, images, seed, summary)
 						if summary != "" && m.Err == "" {
-							res.timeline, res.timelineDir = timelineName(key), cfg.out
+							res.timelines, res.timelineDir = append(res.timelines, timelineName(key)), cfg.out
 						}
 						res.cells[key] = append(res.cells[key], m)
 						cfg.logf("%-8s %-12s %-11s %-22s run %d/%d: %s", sc.set, comp, limitName(limit), c, i+1, cfg.runs, m)

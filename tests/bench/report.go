@@ -33,20 +33,22 @@ type results struct {
 	cells  map[rowKey][]measurement
 	unique map[string]int64 // setKey → unique layer bytes
 	images map[string]int   // setKey → references pulled
-	// timeline is the name (without .json or .png) of the herd summary kept
-	// for a timeline picture, "" if none; timelineDir holds its .json.
-	timeline, timelineDir string
+	// timelines are the names (without .json or .png) of the herd summaries
+	// kept for timeline pictures; timelineDir holds their .json files.
+	timelines   []string
+	timelineDir string
 }
 
-// timelineKey is the row whose first herd run is kept and drawn: the real
-// set, gzip, unthrottled, at the -j podman is compared with (the fleet in
-// a -quick run, so that the smoke run draws one too).
-func (res *results) timelineKey() rowKey {
+// isTimelineKey reports whether k is a row whose first herd run is kept and
+// drawn: the real set (the fleet in a -quick run, so that the smoke run
+// draws one too), unthrottled, at the -j podman is compared with, in each
+// compression (a partial pull's time goes elsewhere than a whole layer's).
+func (res *results) isTimelineKey(k rowKey) bool {
 	set := "real"
 	if res.cfg.quick {
 		set = "fleet"
 	}
-	return rowKey{set: set, compression: "gzip", limit: 0, contender: contender{name: "herd", jobs: res.cfg.refJobs}}
+	return k.set == set && k.limit == 0 && k.contender == contender{name: "herd", jobs: res.cfg.refJobs}
 }
 
 // timelineName is the file name (without .json or .png) of k's timeline.
@@ -171,8 +173,8 @@ func (res *results) report(w io.Writer) error {
 		}
 		res.cfg.logf("wrote %s", path)
 	}
-	if res.timeline != "" {
-		src, dst := filepath.Join(res.timelineDir, res.timeline+".json"), filepath.Join(res.cfg.out, res.timeline+".json")
+	for _, name := range res.timelines {
+		src, dst := filepath.Join(res.timelineDir, name+".json"), filepath.Join(res.cfg.out, name+".json")
 		if src != dst {
 			b, err := os.ReadFile(src)
 			if err != nil {
@@ -182,7 +184,7 @@ func (res *results) report(w io.Writer) error {
 				return err
 			}
 		}
-		path := filepath.Join(res.cfg.out, res.timeline+".png")
+		path := filepath.Join(res.cfg.out, name+".png")
 		if err := drawTimelineFile(dst, path); err != nil {
 			return fmt.Errorf("drawing the timeline: %w", err)
 		}
@@ -214,11 +216,14 @@ func (res *results) markdown(b *strings.Builder) {
 		"podman-per-image's peak RSS is the sum of its processes' peaks. "+
 		"A peak RSS cannot be read below %.0f MiB (the launcher's own, which Linux gives every program it starts as its initial peak); "+
 		"* marks a figure where some process was at that floor.\n", cfg.refJobs, float64(res.floor())/mib)
-	if res.timeline != "" {
-		k := res.timelineKey()
-		fmt.Fprintf(b, "\n%s.png pictures herd's first run of %s %s %s -j %d from its JSON summary (%s.json): "+
-			"a row per image, a lane per layer, bars for queued (for a -j slot), fetching, waiting for another image's fetch and committing.\n",
-			res.timeline, k.set, k.compression, limitName(k.limit), k.contender.jobs, res.timeline)
+	for _, name := range res.timelines {
+		for k := range res.cells {
+			if res.isTimelineKey(k) && timelineName(k) == name {
+				fmt.Fprintf(b, "\n%s.png pictures herd's first run of %s %s %s -j %d from its JSON summary (%s.json): "+
+					"a row per image, a lane per layer, bars for queued (for a -j slot), fetching, waiting for another image's fetch and committing.\n",
+					name, k.set, k.compression, limitName(k.limit), k.contender.jobs, name)
+			}
+		}
 	}
 	if failed := res.failures(); failed != "" {
 		b.WriteString("\nFailures:\n" + failed)

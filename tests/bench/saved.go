@@ -29,9 +29,11 @@ type savedMeta struct {
 	Quick        bool             `json:"quick"`
 	Unique       map[string]int64 `json:"uniqueLayerBytes"` // by "set/compression"
 	Images       map[string]int   `json:"references"`       // by "set/compression"
-	// Timeline names the herd JSON summary kept beside results.json
-	// (Timeline+".json"), drawn as Timeline+".png".
-	Timeline string `json:"timeline,omitempty"`
+	// Timelines name the herd JSON summaries kept beside results.json
+	// (NAME.json), drawn as NAME.png. Timeline is the one name results.json
+	// files written before there were several hold.
+	Timelines []string `json:"timelines,omitempty"`
+	Timeline  string   `json:"timeline,omitempty"`
 }
 
 type savedScenario struct {
@@ -55,7 +57,7 @@ func (res *results) save() savedResults {
 	cfg := res.cfg
 	out := savedResults{Meta: savedMeta{Compressions: cfg.compressions, Runs: cfg.runs, RefJobs: cfg.refJobs,
 		Driver: cfg.driver, Podman: cfg.podman != "", PodmanNote: cfg.podmanNote, Quick: cfg.quick,
-		Unique: res.unique, Images: res.images, Timeline: res.timeline}}
+		Unique: res.unique, Images: res.images, Timelines: res.timelines}}
 	for _, sc := range cfg.plan {
 		out.Meta.Plan = append(out.Meta.Plan, savedScenario{Set: sc.set, Limit: sc.limit, Jobs: sc.jobs, Compression: sc.compression, Contenders: sc.contenders})
 	}
@@ -100,7 +102,10 @@ func loadResults(path string, cfg *config) (*results, error) {
 		}
 	}
 	res := &results{cfg: cfg, cells: map[rowKey][]measurement{}, unique: m.Unique, images: m.Images,
-		timeline: m.Timeline, timelineDir: filepath.Dir(path)}
+		timelines: m.Timelines, timelineDir: filepath.Dir(path)}
+	if m.Timeline != "" {
+		res.timelines = append(res.timelines, m.Timeline)
+	}
 	for _, r := range saved.Rows {
 		res.cells[rowKey{r.Set, r.Compression, r.Limit, contender{r.Contender, r.Jobs}}] = r.Runs
 	}
