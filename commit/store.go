@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 
 	digest "github.com/opencontainers/go-digest"
 	"go.podman.io/storage"
@@ -247,13 +248,39 @@ func (e *layerRemovedError) Error() string {
 
 func (e *layerRemovedError) Unwrap() []error { return []error{ErrLayerRemoved, e.err} }
 
+// ErrFileVanished is what errors.Is finds in an error of a commit that
+// failed because a file or directory containers/storage was writing was
+// gone. When several processes write one store, containers/storage's
+// recovery of stale temporary directories, which each runs whenever it
+// reloads a layer list another changed, can remove a live one: its
+// internal/tempdir creates a directory's lock file, closes it and only
+// then locks it by path, and a recovery that locks and deletes the file in
+// between leaves the directory unprotected (seen in TestConcurrent-
+// ProcessesShareOneStore about once in a hundred runs). Nothing of the
+// layer is committed, and a new attempt can succeed.
+var ErrFileVanished = errors.New("a file of the layer being committed vanished")
+
+// fileVanishedError keeps containers/storage's words.
+type fileVanishedError struct{ err error }
+
+func (e *fileVanishedError) Error() string {
+	return e.err.Error() + " (removed while it was written: by another process's cleanup of the store's temporary directories?)"
+}
+
+func (e *fileVanishedError) Unwrap() []error { return []error{ErrFileVanished, e.err} }
+
 // commitFailed explains err, an error of the commit of blob's layer (or of
 // the image) on top of layer parent, and reports it (Hooks.CommitFailed).
 func (s *Store) commitFailed(blob digest.Digest, parent string, err error) error {
-	if parent != "" && errors.Is(err, storage.ErrLayerUnknown) {
+	switch {
+	case parent != "" && errors.Is(err, storage.ErrLayerUnknown):
 		if _, lerr := s.Store.Layer(parent); errors.Is(lerr, storage.ErrLayerUnknown) {
 			err = &layerRemovedError{layer: parent, err: err}
 		}
+	case errors.Is(err, fs.ErrNotExist):
+		// Not the untar child's errors, which are text: a layer with a
+		// link to a file it lacks fails there, and must not be retried.
+		err = &fileVanishedError{err: err}
 	}
 	s.image.hooks.CommitFailed(blob, err)
 	return err

@@ -105,8 +105,10 @@ func (ip *imagePull) attempt(ctx context.Context) error {
 // can go away by itself: network errors, server errors (5xx), rate limits
 // (429), a body cut short, a stalled transfer, a layer another process
 // removed from under the pull (the next attempt starts from the store as it
-// is). No for what cannot: 4xx such as 404 and 401, a digest mismatch, a
-// bad layer, a blob longer than declared, a full disk, a cancelled run.
+// is), a file of a layer being committed that another process's cleanup
+// removed (commit.ErrFileVanished). No for what cannot: 4xx such as 404
+// and 401, a digest mismatch, a bad layer, a blob longer than declared, a
+// full disk, a cancelled run.
 //
 // containers/common's retry.IsErrorRetryable (podman's heuristic) decides
 // the general case; herd adds what that heuristic does not cover and a pull
@@ -119,7 +121,7 @@ func retryable(err error) bool {
 	switch {
 	case err == nil, storeFailure(err):
 		return false
-	case errors.Is(err, errStalled), errors.Is(err, commit.ErrLayerRemoved):
+	case errors.Is(err, errStalled), errors.Is(err, commit.ErrLayerRemoved), errors.Is(err, commit.ErrFileVanished):
 		return true
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return false

@@ -13,6 +13,8 @@ import (
 	"github.com/docker/distribution/registry/api/errcode"
 	v2 "github.com/docker/distribution/registry/api/v2"
 	"go.podman.io/image/v5/docker"
+
+	"github.com/herd-project/herd/commit"
 )
 
 // The errors are built as containers/image builds them, wrapped as copy.Image
@@ -32,6 +34,7 @@ func TestRetryable(t *testing.T) {
 		{"connection refused", wrap(&url.Error{Op: "Get", URL: "http://r/v2/", Err: &net.OpError{Op: "dial", Err: syscall.ECONNREFUSED}}), true},
 		{"body cut short", wrap(fmt.Errorf("(heuristic tuning data: ...): %w", io.ErrUnexpectedEOF)), true},
 		{"stalled", wrap(&stallError{}), true},
+		{"a file of the layer being committed vanished", wrap(&commit.FetchError{Fetched: true, Err: fmt.Errorf("rename: %w", commit.ErrFileVanished)}), true},
 		{"404 BLOB_UNKNOWN", wrap(errcode.Error{Code: v2.ErrorCodeBlobUnknown}), false},
 		{"404 MANIFEST_UNKNOWN", wrap(errcode.Error{Code: v2.ErrorCodeManifestUnknown}), false},
 		{"401", wrap(docker.ErrUnauthorizedForCredentials{Err: errors.New("bad password")}), false},
