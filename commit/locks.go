@@ -51,12 +51,11 @@ func OpenBlobLocks(dir string) (*BlobLocks, error) {
 	if err != nil {
 		return nil, fmt.Errorf("announcing this herd beside the store: %w", err)
 	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		f.Close()
-		os.Remove(name + ".new")
-		return nil, fmt.Errorf("announcing this herd beside the store: %w", err)
+	err = unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+	if err == nil {
+		err = os.Rename(name+".new", name+".present")
 	}
-	if err := os.Rename(name+".new", name+".present"); err != nil {
+	if err != nil {
 		f.Close()
 		os.Remove(name + ".new")
 		return nil, fmt.Errorf("announcing this herd beside the store: %w", err)
