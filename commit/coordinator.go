@@ -47,6 +47,10 @@
 //     only if the owner does not, directly or through other waits, already
 //     wait for it (checked on the pull-level wait graph under one mutex).
 //     Otherwise it fetches the blob itself: a duplicate fetch, never a hang.
+//     A pull also waits, before claiming a zstd:chunked layer, for another
+//     pull's flight of a layer with many of the same files (similar.go),
+//     but only while it owns no flight: no pull then waits for it, and the
+//     wait closes no cycle.
 //  4. Waits need no new semaphore slot to end when the owner succeeds: the
 //     owner claimed while holding a slot for that layer, and containers/image
 //     acquired the slots of every lower layer of the owner's image before it
@@ -196,6 +200,10 @@ type Layer struct {
 	Blob digest.Digest // the compressed blob's digest
 	Size int64         // the blob's size as the manifest declares it; -1 if unknown
 	TOC  digest.Digest // zstd:chunked's TOC digest; "" for other layers
+	// Files are a zstd:chunked layer's files, from its TOC; nil if not
+	// known. Layers with many of the same files are pulled one after the
+	// other (similar.go).
+	Files Files
 }
 
 // Coordinator is shared by all pulls of one run. The zero value is not
@@ -207,13 +215,21 @@ type Coordinator struct {
 	stop    chan struct{} // closed by Close: ends the watches of other processes' flights
 
 	// Fixed by NewCoordinator from the plan: read without c.mu.
-	tocToBlob map[digest.Digest]digest.Digest // zstd:chunked TOC digest → compressed blob digest
-	blobToTOC map[digest.Digest]digest.Digest // and back
-	needs     map[digest.Digest]int           // how many images of the run have each blob
+	tocToBlob map[digest.Digest]digest.Digest   // zstd:chunked TOC digest → compressed blob digest
+	blobToTOC map[digest.Digest]digest.Digest   // and back
+	needs     map[digest.Digest]int             // how many images of the run have each blob
+	files     map[digest.Digest]Files           // zstd:chunked layer blob → its files, where known (similar.go)
+	similar   map[digest.Digest][]digest.Digest // layer blob → layers with many of its files
+	saves     map[digest.Digest]int64           // layer blob → file bytes the layers similar to it share with it
+	lead      int                               // the plan's image that goes first (similar.go); -1 if none
+	leadReady chan struct{}                     // closed once the others may start
+	leadOnce  sync.Once
 
-	mu       sync.Mutex
-	flights  map[digest.Digest]*flight // by compressed blob digest
-	waitsFor map[*Image]map[*Image]int // waiter → owner → number of waits
+	mu      sync.Mutex
+	flights map[digest.Digest]*flight // by compressed blob digest
+	// storedFiles are the files of the layers with Files this run committed.
+	storedFiles map[digest.Digest]bool
+	waitsFor    map[*Image]map[*Image]int // waiter → owner → number of waits
 }
 
 type flight struct {
@@ -244,16 +260,19 @@ func (f *flight) ownerName() string {
 // ends an owner's attempt, and with it its flights (OwnerFailed).
 func NewCoordinator(plan Plan, diffIDs DiffIDs, locks *BlobLocks) *Coordinator {
 	c := &Coordinator{
-		plan:      plan,
-		diffIDs:   diffIDs,
-		locks:     locks,
-		stop:      make(chan struct{}),
-		tocToBlob: map[digest.Digest]digest.Digest{},
-		blobToTOC: map[digest.Digest]digest.Digest{},
-		needs:     plan.Needs(),
-		flights:   map[digest.Digest]*flight{},
-		waitsFor:  map[*Image]map[*Image]int{},
+		plan:        plan,
+		diffIDs:     diffIDs,
+		locks:       locks,
+		stop:        make(chan struct{}),
+		tocToBlob:   map[digest.Digest]digest.Digest{},
+		blobToTOC:   map[digest.Digest]digest.Digest{},
+		needs:       plan.Needs(),
+		flights:     map[digest.Digest]*flight{},
+		storedFiles: map[digest.Digest]bool{},
+		waitsFor:    map[*Image]map[*Image]int{},
 	}
+	c.files, c.similar, c.saves = similarLayers(plan)
+	c.lead, c.leadReady = leadOf(plan, c.saves), make(chan struct{})
 	for _, img := range plan {
 		for _, l := range img.Layers {
 			if l.TOC != "" {
@@ -298,16 +317,22 @@ type WaitEvent struct {
 	Owner  string  // the other pull's name, or "another herd process"
 	End    WaitEnd // how the wait ended
 	Waited time.Duration
+	// Similar is set when the wait was for another blob with many of
+	// Blob's files (similar.go): End says how that blob's flight ended,
+	// and Blob is still to be fetched.
+	Similar digest.Digest
 }
 
 // Hooks are how the coordinator tells the pull engine what happens to one
 // image's layers, from the goroutine where it happens. Any may be nil (Join
 // puts a no-op in its place).
 type Hooks struct {
-	// WaitStarted: the image waits for owner's fetch of blob. containers/image
-	// holds the image's lock meanwhile, so none of its other layers can
-	// finish until WaitEnded.
-	WaitStarted func(blob digest.Digest, owner string)
+	// WaitStarted: the image waits for the Owner's fetch of the Blob, or
+	// before fetching the Blob for its fetch of a layer with many of the
+	// same files (Similar); End and Waited are not set yet.
+	// containers/image holds the image's lock meanwhile, so none of its
+	// other layers can finish until WaitEnded.
+	WaitStarted func(WaitEvent)
 	WaitEnded   func(WaitEvent)
 	// CommitStarted: the blob's fetch is over and its layer's commit starts
 	// (the pull engine's stall watchdog stops timing the transfer).
@@ -325,7 +350,7 @@ type Hooks struct {
 // never check.
 func (h Hooks) withNoOps() Hooks {
 	if h.WaitStarted == nil {
-		h.WaitStarted = func(digest.Digest, string) {}
+		h.WaitStarted = func(WaitEvent) {}
 	}
 	if h.WaitEnded == nil {
 		h.WaitEnded = func(WaitEvent) {}
@@ -349,6 +374,7 @@ func (h Hooks) withNoOps() Hooks {
 type Image struct {
 	c     *Coordinator
 	ctx   context.Context
+	index int // in the plan
 	name  string
 	hooks Hooks
 
@@ -384,7 +410,7 @@ func (c *Coordinator) Join(ctx context.Context, image int, hooks Hooks) *Image {
 		layers[i] = l.Blob
 	}
 	return &Image{
-		c: c, ctx: ctx, name: planned.Name, hooks: hooks.withNoOps(), layers: layers, planned: planned.Layers,
+		c: c, ctx: ctx, index: image, name: planned.Name, hooks: hooks.withNoOps(), layers: layers, planned: planned.Layers,
 		claims:   map[digest.Digest]*flight{},
 		waitEnds: map[digest.Digest]WaitEnd{},
 		looked:   map[digest.Digest]bool{},
@@ -498,14 +524,16 @@ func (img *Image) Progress(pp types.ProgressProperties) Obtained {
 // Done ends every flight the pull still owns (invariant 2, OwnerFailed).
 // Call it exactly once, after copy.Image returns, whatever it returned.
 func (img *Image) Done() {
-	img.c.mu.Lock()
-	defer img.c.mu.Unlock()
+	c := img.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	img.mu.Lock()
-	defer img.mu.Unlock()
 	for blob, f := range img.claims {
-		img.c.endFlightLocked(blob, f, OwnerFailed)
+		c.endFlightLocked(blob, f, OwnerFailed)
 	}
 	img.claims = map[digest.Digest]*flight{}
+	img.mu.Unlock()
+	c.leadDecidedLocked(img, true)
 }
 
 // reused ends this image's flight for blob, if it has one, because it found
@@ -567,6 +595,7 @@ func (c *Coordinator) endFlightLocked(blob digest.Digest, f *flight, end WaitEnd
 func (c *Coordinator) committed(blob digest.Digest) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.filesCommittedLocked(blob)
 	if f := c.flights[blob]; f != nil {
 		if f.owner != nil {
 			f.owner.mu.Lock()
@@ -642,9 +671,19 @@ func (img *Image) claimOrWait(blob digest.Digest, below []digest.Digest, shared 
 		// waits for, or waiting would close a cycle: its own lookup decides.
 	}
 	f := c.flights[blob]
-	if f == nil && c.claimLocked(img, blob) {
-		c.mu.Unlock()
-		return fetchIt
+	if f == nil {
+		if other, of := c.similarFlightLocked(img, blob); of != nil {
+			// Nobody fetches blob, but another image fetches a layer with
+			// many of its files: let it commit that first (similar.go).
+			if img.waitSimilar(blob, other, of) == Cancelled {
+				return fetchIt
+			}
+			return claimAgain
+		}
+		if c.claimLocked(img, blob) {
+			c.mu.Unlock()
+			return fetchIt
+		}
 	}
 	if f = c.flights[blob]; !c.mayWaitLocked(img, blob, f) {
 		if f.owner != img {
@@ -679,6 +718,7 @@ func (c *Coordinator) claimLocked(img *Image, blob digest.Digest) bool {
 	img.claims[blob] = f
 	img.looked[blob] = true
 	img.mu.Unlock()
+	c.leadDecidedLocked(img, false)
 	return true
 }
 
@@ -784,21 +824,42 @@ func (img *Image) claimsAbove(blob digest.Digest) bool {
 // wait waits for f, another pull's flight of blob, and says how the wait
 // ended. It is called with c.mu held, and releases it.
 func (img *Image) wait(blob digest.Digest, f *flight) WaitEnd {
+	return img.waitFor(blob, blob, f)
+}
+
+// waitSimilar waits for f, another pull's flight of other, a layer with
+// many of blob's files (similar.go). It is called with c.mu held, and
+// releases it.
+func (img *Image) waitSimilar(blob, other digest.Digest, f *flight) WaitEnd {
+	return img.waitFor(blob, other, f)
+}
+
+// waitFor waits for f, another pull's flight of flown, on behalf of this
+// pull's layer blob.
+func (img *Image) waitFor(blob, flown digest.Digest, f *flight) WaitEnd {
 	c := img.c
 	c.addWaitLocked(img, f.owner, +1)
+	c.leadDecidedLocked(img, true)
 	c.mu.Unlock()
 
+	event := WaitEvent{Blob: blob, Owner: f.ownerName()}
+	if flown != blob {
+		event.Similar = flown
+	}
 	start := time.Now()
-	img.hooks.WaitStarted(blob, f.ownerName())
-	end := img.await(blob, f)
+	img.hooks.WaitStarted(event)
+	event.End = img.await(flown, f)
+	event.Waited = time.Since(start)
 	c.mu.Lock()
 	c.addWaitLocked(img, f.owner, -1)
 	c.mu.Unlock()
-	img.mu.Lock()
-	img.waitEnds[blob] = end
-	img.mu.Unlock()
-	img.hooks.WaitEnded(WaitEvent{Blob: blob, Owner: f.ownerName(), End: end, Waited: time.Since(start)})
-	return end
+	if flown == blob {
+		img.mu.Lock()
+		img.waitEnds[blob] = event.End
+		img.mu.Unlock()
+	}
+	img.hooks.WaitEnded(event)
+	return event.End
 }
 
 // await blocks until f ends, the pull is cancelled, or the store has the

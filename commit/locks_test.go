@@ -4,8 +4,6 @@ import (
 	"context"
 	"testing"
 	"time"
-
-	digest "github.com/opencontainers/go-digest"
 )
 
 // Two coordinators on one lock directory stand for two herd processes on
@@ -37,7 +35,7 @@ func openProcess(t *testing.T, dir string, plan Plan) *Coordinator {
 func joinWatched(c *Coordinator, image int) (*Image, <-chan WaitEvent) {
 	events := make(chan WaitEvent, 16)
 	img := c.Join(context.Background(), image, Hooks{
-		WaitStarted: func(blob digest.Digest, owner string) { events <- WaitEvent{Blob: blob, Owner: owner} },
+		WaitStarted: func(w WaitEvent) { events <- w },
 		WaitEnded:   func(e WaitEvent) { events <- e },
 	})
 	return img, events

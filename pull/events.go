@@ -17,7 +17,10 @@ const (
 	EventLayerStarted
 	// EventLayerRead: Bytes more bytes of Blob were read from the registry.
 	EventLayerRead
-	// EventLayerWaiting: the image waits for another pull (Owner) that is fetching Blob.
+	// EventLayerWaiting: the image waits for another pull (Owner) that is
+	// fetching Blob, or, if Similar is set, that is fetching Similar, a
+	// zstd:chunked layer with many of Blob's files: Blob is fetched after
+	// it, and only the files that the store does not have then.
 	EventLayerWaiting
 	// EventLayerDone: Blob is obtained; How says how and Bytes how many bytes were read for it.
 	EventLayerDone
@@ -35,16 +38,17 @@ const (
 // Event is one thing that happened to one image of a run. Events for one
 // image arrive in order; events of different images interleave.
 type Event struct {
-	Kind   EventKind
-	Image  int     // index of the image in the run, stable for the run
-	Result *Result // EventResolved and EventImageDone; read-only for the observer
-	Blob   digest.Digest
-	Size   int64
-	Bytes  int64
-	How    How
-	Owner  string
-	Err    error // EventRetrying: why the last attempt failed
-	Time   time.Time
+	Kind    EventKind
+	Image   int     // index of the image in the run, stable for the run
+	Result  *Result // EventResolved and EventImageDone; read-only for the observer
+	Blob    digest.Digest
+	Size    int64
+	Bytes   int64
+	How     How
+	Owner   string
+	Similar digest.Digest // EventLayerWaiting
+	Err     error         // EventRetrying: why the last attempt failed
+	Time    time.Time
 }
 
 // Observer receives the events of a run. It is called from many goroutines

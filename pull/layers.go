@@ -42,18 +42,19 @@ func (ip *imagePull) markAt(blob digest.Digest, field func(t *LayerTiming) *time
 	}
 }
 
-// waitStarted: the image waits for owner's fetch of blob. While it waits it
-// lends the run the slots it may hold (pull/slots.go, commit's invariant 4),
-// and its watchdog judges nothing (containers/image holds the image's lock).
-func (ip *imagePull) waitStarted(wd *watchdog, blob digest.Digest, owner string) {
+// waitStarted: the image waits for w.Owner's fetch of w.Blob (or of
+// w.Similar). While it waits it lends the run the slots it may hold
+// (pull/slots.go, commit's invariant 4), and its watchdog judges nothing
+// (containers/image holds the image's lock).
+func (ip *imagePull) waitStarted(wd *watchdog, w commit.WaitEvent) {
 	wd.waitStarted()
-	ip.mark(blob, func(t *LayerTiming) *time.Duration { return &t.WaitStart })
+	ip.mark(w.Blob, func(t *LayerTiming) *time.Duration { return &t.WaitStart })
 	ip.mu.Lock()
 	if ip.waits++; ip.waits == 1 {
 		ip.lent = ip.slots.lend(int64(len(ip.target.layers)))
 	}
 	ip.mu.Unlock()
-	ip.emit(Event{Kind: EventLayerWaiting, Blob: blob, Owner: owner})
+	ip.emit(Event{Kind: EventLayerWaiting, Blob: w.Blob, Owner: w.Owner, Similar: w.Similar})
 }
 
 // waitEnded: the wait for w.Blob ended; the last one takes the slots back.
@@ -61,12 +62,18 @@ func (ip *imagePull) waitEnded(wd *watchdog, w commit.WaitEvent) {
 	wd.waitEnded()
 	ip.markAt(w.Blob, func(t *LayerTiming) *time.Duration { return &t.WaitEnd }, true)
 	ip.mu.Lock()
-	ip.waitEnds[w.Blob] = w.End
+	if w.Similar == "" { // else the layer is still to be fetched
+		ip.waitEnds[w.Blob] = w.End
+	}
 	if ip.waits--; ip.waits == 0 {
 		ip.slots.reclaim(ip.lent)
 		ip.lent = 0
 	}
 	ip.mu.Unlock()
+	if w.Similar != "" {
+		logrus.Debugf("%s: waited %s before fetching %s for %s, a layer with many of its files (pulled by %s): %s", ip.result.Name(), w.Waited.Round(time.Millisecond), w.Blob, w.Similar, w.Owner, w.End)
+		return
+	}
 	logrus.Debugf("%s: waited %s for %s (pulled by %s): %s", ip.result.Name(), w.Waited.Round(time.Millisecond), w.Blob, w.Owner, w.End)
 }
 

@@ -114,7 +114,7 @@ func Run(ctx context.Context, inputs []string, opts Options) []*Result {
 			logrus.Warnf("%v: not coordinating fetches with other herd processes on this store", err)
 		}
 	}
-	coord := commit.NewCoordinator(planOf(targets, results), diffIDs, locks)
+	coord := commit.NewCoordinator(planOf(targets, results, layerFilesOf(ctx, targets, &opts, diffIDs)), diffIDs, locks)
 	defer coord.Close()
 	runProgress := newRunClock()
 	// The slot reserve covers every image waiting at once (one slot per
@@ -127,12 +127,25 @@ func Run(ctx context.Context, inputs []string, opts Options) []*Result {
 		}
 	}
 	slots := newSlots(ctx, opts.Jobs, reserve)
+	// The lead image starts first (commit/similar.go), the others once it
+	// has decided the layers that theirs share files with.
+	lead, leadReady := coord.Lead()
+	leadEnded := make(chan struct{})
 	var wg sync.WaitGroup
 	for _, i := range startOrder(targets) {
 		t := targets[i]
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			if i == lead {
+				defer close(leadEnded)
+			} else if lead >= 0 {
+				select {
+				case <-leadReady:
+				case <-leadEnded:
+				case <-ctx.Done():
+				}
+			}
 			run := &imagePull{index: i, target: t, result: results[i], opts: &opts, coord: coord, cache: cache, runProgress: runProgress, runStart: runStart, slots: slots, stopRun: cancel}
 			if t.local != nil {
 				run.keep(ctx)
@@ -345,7 +358,7 @@ func (ip *imagePull) copy(ctx context.Context, wd *watchdog) error {
 	}
 	ip.mu.Unlock()
 	image := ip.coord.Join(ctx, ip.index, commit.Hooks{
-		WaitStarted: func(blob digest.Digest, owner string) { ip.waitStarted(wd, blob, owner) },
+		WaitStarted: func(w commit.WaitEvent) { ip.waitStarted(wd, w) },
 		WaitEnded:   func(w commit.WaitEvent) { ip.waitEnded(wd, w) },
 		CommitStarted: func(blob digest.Digest) {
 			wd.committing(blob)

@@ -1,0 +1,189 @@
+package commit
+
+import (
+	digest "github.com/opencontainers/go-digest"
+)
+
+// Layers with the same files, pulled one after the other.
+//
+// A zstd:chunked partial pull fetches only the files (chunks) that no layer
+// in the store has yet: containers/storage's pkg/chunked looks for each
+// file in the layers committed when its differ is made. Two layers that
+// are different blobs but share many files (git and perl; python3 and a
+// python3 with numpy, each installed over the same base) each fetch those
+// files in full when they are pulled at the same moment, where a
+// sequential pull fetches them once. So when a layer's lookup would claim
+// it while another image of the run fetches a similar layer, it waits for
+// that layer's commit first, as it would for its own blob, and then claims
+// it: its differ finds the shared files in the store.
+//
+// Similar means: the other layer has at least similarShare of this
+// layer's file bytes (by content digest, from both TOCs); it is waited for
+// while it still has that much that no layer this run committed brought. A
+// small overlap is not worth the wait, which takes work off the cores but
+// adds the other layer's pull to this one's path.
+//
+// Such a wait is taken only by a pull that owns no flight (claims), so no
+// pull of this process waits for it meanwhile, and it can close no cycle
+// whatever the other layer's owner waits for (invariant 3). Its other
+// layers cannot be decided meanwhile either: containers/image holds the
+// image's lock during the lookup, as for any wait.
+
+// similarShare: a layer waits for one with at least this fraction of its
+// file bytes.
+const similarShare = 0.25
+
+// Files is what a zstd:chunked layer holds, from its TOC: the size of each
+// regular file's content, by the content's digest.
+type Files map[digest.Digest]int64
+
+// similarLayers returns the Files of each layer blob of plan that has them;
+// for each of those, the other layer blobs that hold at least similarShare
+// of its file bytes; and for each layer blob, how many file bytes the
+// layers similar to it share with it (what pulling it first saves them).
+func similarLayers(plan Plan) (files map[digest.Digest]Files, similar map[digest.Digest][]digest.Digest, saves map[digest.Digest]int64) {
+	files = map[digest.Digest]Files{}
+	holders := map[digest.Digest][]digest.Digest{} // file digest → layer blobs with it
+	for _, img := range plan {
+		for _, l := range img.Layers {
+			if l.Files == nil || files[l.Blob] != nil {
+				continue
+			}
+			files[l.Blob] = l.Files
+			for f := range l.Files {
+				holders[f] = append(holders[f], l.Blob)
+			}
+		}
+	}
+	similar, saves = map[digest.Digest][]digest.Digest{}, map[digest.Digest]int64{}
+	for blob, own := range files {
+		var total int64
+		shared := map[digest.Digest]int64{}
+		for f, size := range own {
+			total += size
+			for _, other := range holders[f] {
+				if other != blob {
+					shared[other] += size
+				}
+			}
+		}
+		for other, n := range shared {
+			if total > 0 && float64(n) >= similarShare*float64(total) {
+				similar[blob] = append(similar[blob], other)
+				saves[other] += n
+			}
+		}
+	}
+	return files, similar, saves
+}
+
+// Saves says how many file bytes the zstd:chunked layers similar to blob
+// share with it: pulling blob's image early lets them fetch that much less
+// (similar.go). The pull engine starts such images first.
+func (c *Coordinator) Saves(blob digest.Digest) int64 { return c.saves[blob] }
+
+// similarFlightLocked returns a flight of a layer similar to blob that
+// img may wait for before claiming blob, and that layer's blob; nil if
+// there is none. c.mu must be held.
+func (c *Coordinator) similarFlightLocked(img *Image, blob digest.Digest) (digest.Digest, *flight) {
+	if len(c.similar[blob]) == 0 {
+		return "", nil
+	}
+	img.mu.Lock()
+	owns := len(img.claims) > 0
+	img.mu.Unlock()
+	if owns {
+		return "", nil
+	}
+	for _, other := range c.similar[blob] {
+		// Only this process's flights: another process's ends when its lock
+		// is free, which says nothing of whether it committed the layer.
+		// Its owner is not img and waits for nothing of img's: img owns no
+		// flight.
+		if f := c.flights[other]; f != nil && f.owner != nil && c.worthWaitingLocked(blob, other) {
+			return other, f
+		}
+	}
+	return "", nil
+}
+
+// worthWaitingLocked reports whether other, a layer similar to blob, still
+// has similarShare of blob's file bytes that no layer committed in this
+// run has: once a third layer brought the files they share, waiting for
+// other saves nothing. c.mu must be held.
+func (c *Coordinator) worthWaitingLocked(blob, other digest.Digest) bool {
+	var total, gain int64
+	for f, size := range c.files[blob] {
+		total += size
+		if _, ok := c.files[other][f]; ok && !c.storedFiles[f] {
+			gain += size
+		}
+	}
+	return float64(gain) >= similarShare*float64(total)
+}
+
+// filesCommittedLocked records that blob's layer is in the store, with
+// its files. c.mu must be held.
+func (c *Coordinator) filesCommittedLocked(blob digest.Digest) {
+	for f := range c.files[blob] {
+		c.storedFiles[f] = true
+	}
+}
+
+// The lead image goes first.
+//
+// Similar layers are waited for only while one is in flight (an owner to
+// wait for), so which of two similar layers goes first would otherwise be
+// a race between their images' first lookups, which containers/image makes
+// all at once. The image whose layers save the others the most
+// (Coordinator.Saves) is the lead: the pull engine starts the other
+// images once the lead has decided each of those layers (claimed it, found
+// it, or waited), or has started to wait for anything, or its attempt has
+// ended. Until then the others hold nothing (no slot, no claim), so the
+// lead needs nothing from them.
+
+// leadOf returns the plan's image whose layers save the others the most
+// file bytes, or -1 if no layer saves any.
+func leadOf(plan Plan, saves map[digest.Digest]int64) int {
+	lead, most := -1, int64(0)
+	for i, img := range plan {
+		var n int64
+		for _, l := range img.Layers {
+			n += saves[l.Blob]
+		}
+		if n > most {
+			lead, most = i, n
+		}
+	}
+	return lead
+}
+
+// Lead returns the plan's lead image (-1 if it has none) and a channel that
+// is closed once the other images may start.
+func (c *Coordinator) Lead() (int, <-chan struct{}) { return c.lead, c.leadReady }
+
+// leadDecidedLocked closes leadReady if img is the lead and it has decided
+// each of its layers that saves others file bytes, or if ended says it
+// waits or has ended. c.mu must be held.
+func (c *Coordinator) leadDecidedLocked(img *Image, ended bool) {
+	if img.index != c.lead {
+		return
+	}
+	if !ended && !img.decided(c.saves) {
+		return
+	}
+	c.leadOnce.Do(func() { close(c.leadReady) })
+}
+
+// decided reports whether each of img's layers that saves others file
+// bytes has been claimed or looked up.
+func (img *Image) decided(saves map[digest.Digest]int64) bool {
+	img.mu.Lock()
+	defer img.mu.Unlock()
+	for _, l := range img.layers {
+		if saves[l] > 0 && img.claims[l] == nil && !img.looked[l] {
+			return false
+		}
+	}
+	return true
+}

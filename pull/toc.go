@@ -1,0 +1,230 @@
+package pull
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"reflect"
+	"strings"
+	"time"
+
+	digest "github.com/opencontainers/go-digest"
+	"github.com/sirupsen/logrus"
+	"go.podman.io/image/v5/pkg/compression"
+	"go.podman.io/image/v5/types"
+	"go.podman.io/storage"
+	drivers "go.podman.io/storage/drivers"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/herd-project/herd/commit"
+)
+
+// The files of zstd:chunked layers, read from their TOCs before the pulls
+// start, so that the coordinator pulls layers with many of the same files
+// one after the other (commit/similar.go). A TOC is a few hundred KiB at
+// most, and containers/image reads it again when it pulls the layer:
+// nothing lets herd hand it over. So herd reads TOCs only when it may use
+// them: when partial pulls are on and the run has at least two distinct
+// zstd:chunked layers that the store does not have.
+
+// manifestPositionKey is the annotation that says where a zstd:chunked
+// layer's TOC is in its blob, as "offset:length:uncompressedLength:type"
+// (containers/storage's pkg/chunked/internal/minimal.ManifestInfoKey).
+const manifestPositionKey = "io.github.containers.zstd-chunked.manifest-position"
+
+// maxTOCSize is the largest TOC herd reads, compressed or not: the limit
+// containers/storage's pkg/chunked sets itself (maxTocSize), beyond which
+// it does not pull the layer partially.
+const maxTOCSize = 150 << 20
+
+// layerFilesOf reads the TOCs of the distinct zstd:chunked layers of
+// targets that the store does not have, in parallel (at most Jobs at
+// once), and returns each one's files by blob. It leaves out a layer every
+// image needs (a common base): every image waits for it anyway. A TOC that
+// cannot be read only leaves its layer out of the ordering: the pull
+// reports what is wrong with the layer, if anything is.
+func layerFilesOf(ctx context.Context, targets []*target, opts *Options, diffIDs commit.DiffIDs) map[digest.Digest]commit.Files {
+	if !pullsPartially(opts.Store) {
+		return nil
+	}
+	type candidate struct {
+		src   types.ImageSource
+		layer types.BlobInfo
+		toc   digest.Digest
+	}
+	var pulled []*target
+	for _, t := range targets {
+		if t != nil && t.local == nil {
+			pulled = append(pulled, t)
+		}
+	}
+	needs := needsOf(pulled)
+	var candidates []candidate
+	seen := map[digest.Digest]bool{}
+	for _, t := range pulled {
+		for _, l := range t.distinctLayers() {
+			toc := tocDigest(l)
+			if toc == "" || seen[l.Digest] || needs[l.Digest] == len(pulled) || commit.Findable(opts.Store, diffIDs, l.Digest, toc) {
+				continue
+			}
+			seen[l.Digest] = true
+			if src := t.source.next(ctx, opts.System); src != nil {
+				candidates = append(candidates, candidate{src, l, toc})
+			}
+		}
+	}
+	if len(candidates) < 2 {
+		return nil
+	}
+	start := time.Now()
+	files := make([]commit.Files, len(candidates))
+	var g errgroup.Group
+	g.SetLimit(opts.Jobs)
+	for i, c := range candidates {
+		g.Go(func() error {
+			f, err := layerFiles(ctx, c.src, c.layer, c.toc)
+			if err != nil {
+				logrus.Debugf("not ordering blob %s by its files: %v", c.layer.Digest, err)
+			}
+			files[i] = f
+			return nil
+		})
+	}
+	_ = g.Wait()
+	byBlob := map[digest.Digest]commit.Files{}
+	for i, c := range candidates {
+		if files[i] != nil {
+			byBlob[c.layer.Digest] = files[i]
+		}
+	}
+	logrus.Debugf("read the TOCs of %d of %d zstd:chunked layers in %s", len(byBlob), len(candidates), time.Since(start).Round(time.Millisecond))
+	return byBlob
+}
+
+// pullsPartially reports whether containers/image pulls zstd:chunked layers
+// into store partially: the pull option is on and the graph driver can
+// stage a layer from a differ (overlay).
+func pullsPartially(store storage.Store) bool {
+	if !strings.EqualFold(store.PullOptions()["enable_partial_images"], "true") {
+		return false
+	}
+	driver, err := store.GraphDriver()
+	if err != nil {
+		return false
+	}
+	_, ok := driver.(drivers.DriverWithDiffer)
+	return ok
+}
+
+// layerFiles reads the TOC of layer, a zstd:chunked blob, through src and
+// returns its regular files. The TOC is checked against toc, its digest.
+//
+// containers/storage parses TOCs in an internal package (pkg/chunked's
+// minimal.TOC), so herd decodes the few fields it needs itself; their
+// format is zstd:chunked's, which images in registries carry.
+func layerFiles(ctx context.Context, src types.ImageSource, layer types.BlobInfo, toc digest.Digest) (commit.Files, error) {
+	var offset, length, uncompressed, kind uint64
+	if _, err := fmt.Sscanf(layer.Annotations[manifestPositionKey], "%d:%d:%d:%d", &offset, &length, &uncompressed, &kind); err != nil {
+		return nil, fmt.Errorf("reading annotation %s: %w", manifestPositionKey, err)
+	}
+	if kind != 1 { // minimal.ManifestTypeCRFS, the only one
+		return nil, fmt.Errorf("TOC of unknown type %d", kind)
+	}
+	if length > maxTOCSize || uncompressed > maxTOCSize {
+		return nil, fmt.Errorf("TOC of %d bytes (%d uncompressed) is too big", length, uncompressed)
+	}
+	compressed, err := getBlobRange(ctx, src, layer, offset, length)
+	if err != nil {
+		return nil, fmt.Errorf("reading the TOC: %w", err)
+	}
+	if got := toc.Algorithm().FromBytes(compressed); got != toc {
+		return nil, fmt.Errorf("TOC has digest %s, want %s", got, toc)
+	}
+	dec, err := compression.ZstdDecompressor(bytes.NewReader(compressed))
+	if err != nil {
+		return nil, fmt.Errorf("decompressing the TOC: %w", err)
+	}
+	defer dec.Close()
+	var parsed struct {
+		Entries []struct {
+			Type   string        `json:"type"`
+			Size   int64         `json:"size"`
+			Digest digest.Digest `json:"digest"`
+		} `json:"entries"`
+	}
+	if err := json.NewDecoder(io.LimitReader(dec, int64(uncompressed))).Decode(&parsed); err != nil {
+		return nil, fmt.Errorf("decoding the TOC: %w", err)
+	}
+	files := commit.Files{}
+	for _, e := range parsed.Entries {
+		if e.Type == "reg" && e.Size > 0 && e.Digest != "" {
+			files[e.Digest] = e.Size
+		}
+	}
+	return files, nil
+}
+
+// getBlobRange reads length bytes at offset in blob through src's
+// GetBlobAt, the ranged read containers/image's registry source offers for
+// partial pulls. Its argument type lives in containers/image's
+// internal/private package, which herd cannot import, so the method is
+// found and called by reflection; sources without it fail.
+func getBlobRange(ctx context.Context, src types.ImageSource, blob types.BlobInfo, offset, length uint64) ([]byte, error) {
+	m := reflect.ValueOf(src).MethodByName("GetBlobAt")
+	if !m.IsValid() {
+		return nil, errors.New("the image source cannot read part of a blob")
+	}
+	mt := m.Type()
+	if mt.NumIn() != 3 || mt.NumOut() != 3 || mt.In(2).Kind() != reflect.Slice || mt.In(2).Elem().Kind() != reflect.Struct ||
+		mt.Out(0) != reflect.TypeFor[chan io.ReadCloser]() || mt.Out(1) != reflect.TypeFor[chan error]() {
+		return nil, fmt.Errorf("the image source's GetBlobAt is %s, not what herd knows", mt)
+	}
+	chunks := reflect.MakeSlice(mt.In(2), 1, 1)
+	chunkOffset, chunkLength := chunks.Index(0).FieldByName("Offset"), chunks.Index(0).FieldByName("Length")
+	if chunkOffset.Kind() != reflect.Uint64 || chunkLength.Kind() != reflect.Uint64 {
+		return nil, fmt.Errorf("the image source's GetBlobAt takes %s, not what herd knows", mt.In(2))
+	}
+	chunkOffset.SetUint(offset)
+	chunkLength.SetUint(length)
+	out := m.Call([]reflect.Value{reflect.ValueOf(ctx), reflect.ValueOf(blob), chunks})
+	if err, _ := out[2].Interface().(error); err != nil {
+		return nil, err
+	}
+	// Both channels are closed once the chunks are served; an error may come
+	// before, between or after the streams, so read both until then.
+	streams, errs := out[0].Interface().(chan io.ReadCloser), out[1].Interface().(chan error)
+	var data []byte
+	var firstErr error
+	for streams != nil || errs != nil {
+		select {
+		case r, ok := <-streams:
+			if !ok {
+				streams = nil
+				continue
+			}
+			b, err := io.ReadAll(io.LimitReader(r, int64(length)+1))
+			r.Close()
+			if err == nil && uint64(len(b)) != length {
+				err = fmt.Errorf("got %d bytes, want %d", len(b), length)
+			}
+			if firstErr == nil {
+				data, firstErr = b, err
+			}
+		case err, ok := <-errs:
+			if !ok {
+				errs = nil
+				continue
+			}
+			if firstErr == nil {
+				firstErr = err
+			}
+		}
+	}
+	if firstErr == nil && data == nil {
+		firstErr = errors.New("no data")
+	}
+	return data, firstErr
+}
