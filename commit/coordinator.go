@@ -215,19 +215,18 @@ type Coordinator struct {
 	stop    chan struct{} // closed by Close: ends the watches of other processes' flights
 
 	// Fixed by NewCoordinator from the plan: read without c.mu.
-	tocToBlob map[digest.Digest]digest.Digest   // zstd:chunked TOC digest → compressed blob digest
-	blobToTOC map[digest.Digest]digest.Digest   // and back
-	needs     map[digest.Digest]int             // how many images of the run have each blob
-	files     map[digest.Digest]Files           // zstd:chunked layer blob → its files, where known (similar.go)
-	similar   map[digest.Digest][]digest.Digest // layer blob → layers with many of its files
-	saves     map[digest.Digest]int64           // layer blob → file bytes the layers similar to it share with it
-	lead      int                               // the plan's image that goes first (similar.go); -1 if none
-	leadReady chan struct{}                     // closed once the others may start
+	tocToBlob map[digest.Digest]digest.Digest // zstd:chunked TOC digest → compressed blob digest
+	blobToTOC map[digest.Digest]digest.Digest // and back
+	needs     map[digest.Digest]int           // how many images of the run have each blob
+	sim       similarity                      // which zstd:chunked layers have many of the same files (similar.go)
+	lead      int                             // the plan's image that goes first (similar.go); -1 if none
+	leadReady chan struct{}                   // closed once the others may start
 	leadOnce  sync.Once
 
 	mu      sync.Mutex
 	flights map[digest.Digest]*flight // by compressed blob digest
-	// storedFiles are the files of the layers with Files this run committed.
+	// storedFiles are the shared files (similarity.shared) of the layers
+	// this run committed.
 	storedFiles map[digest.Digest]bool
 	waitsFor    map[*Image]map[*Image]int // waiter → owner → number of waits
 }
@@ -260,7 +259,8 @@ func (f *flight) ownerName() string {
 // ends an owner's attempt, and with it its flights (OwnerFailed).
 func NewCoordinator(plan Plan, diffIDs DiffIDs, locks *BlobLocks) *Coordinator {
 	c := &Coordinator{
-		plan:        plan,
+		plan:        withoutFiles(plan),
+		sim:         newSimilarity(plan),
 		diffIDs:     diffIDs,
 		locks:       locks,
 		stop:        make(chan struct{}),
@@ -271,8 +271,7 @@ func NewCoordinator(plan Plan, diffIDs DiffIDs, locks *BlobLocks) *Coordinator {
 		storedFiles: map[digest.Digest]bool{},
 		waitsFor:    map[*Image]map[*Image]int{},
 	}
-	c.files, c.similar, c.saves = similarLayers(plan)
-	c.lead, c.leadReady = leadOf(plan, c.saves), make(chan struct{})
+	c.lead, c.leadReady = leadOf(plan, c.sim.saves), make(chan struct{})
 	for _, img := range plan {
 		for _, l := range img.Layers {
 			if l.TOC != "" {

@@ -37,12 +37,20 @@ const similarShare = 0.25
 // regular file's content, by the content's digest.
 type Files map[digest.Digest]int64
 
-// similarLayers returns the Files of each layer blob of plan that has them;
-// for each of those, the other layer blobs that hold at least similarShare
-// of its file bytes; and for each layer blob, how many file bytes the
-// layers similar to it share with it (what pulling it first saves them).
-func similarLayers(plan Plan) (files map[digest.Digest]Files, similar map[digest.Digest][]digest.Digest, saves map[digest.Digest]int64) {
-	files = map[digest.Digest]Files{}
+// similarity is what the coordinator keeps of the plan's TOCs: of each
+// layer's files only those another layer has too, which can be a small part
+// of them (a run of large images holds hundreds of thousands of files).
+type similarity struct {
+	shared  map[digest.Digest]Files           // layer blob → its files that another layer has too
+	total   map[digest.Digest]int64           // layer blob → its file bytes
+	similar map[digest.Digest][]digest.Digest // layer blob → layers with similarShare of its file bytes
+	saves   map[digest.Digest]int64           // layer blob → file bytes the layers similar to it share with it
+}
+
+// newSimilarity finds the similar layers of plan, from the Files of its
+// layers.
+func newSimilarity(plan Plan) similarity {
+	files := map[digest.Digest]Files{}
 	holders := map[digest.Digest][]digest.Digest{} // file digest → layer blobs with it
 	for _, img := range plan {
 		for _, l := range img.Layers {
@@ -55,38 +63,63 @@ func similarLayers(plan Plan) (files map[digest.Digest]Files, similar map[digest
 			}
 		}
 	}
-	similar, saves = map[digest.Digest][]digest.Digest{}, map[digest.Digest]int64{}
+	s := similarity{
+		shared: map[digest.Digest]Files{}, total: map[digest.Digest]int64{},
+		similar: map[digest.Digest][]digest.Digest{}, saves: map[digest.Digest]int64{},
+	}
 	for blob, own := range files {
 		var total int64
-		shared := map[digest.Digest]int64{}
+		sharedWith := map[digest.Digest]int64{}
 		for f, size := range own {
 			total += size
+			if len(holders[f]) < 2 {
+				continue
+			}
+			if s.shared[blob] == nil {
+				s.shared[blob] = Files{}
+			}
+			s.shared[blob][f] = size
 			for _, other := range holders[f] {
 				if other != blob {
-					shared[other] += size
+					sharedWith[other] += size
 				}
 			}
 		}
-		for other, n := range shared {
+		s.total[blob] = total
+		for other, n := range sharedWith {
 			if total > 0 && float64(n) >= similarShare*float64(total) {
-				similar[blob] = append(similar[blob], other)
-				saves[other] += n
+				s.similar[blob] = append(s.similar[blob], other)
+				s.saves[other] += n
 			}
 		}
 	}
-	return files, similar, saves
+	return s
+}
+
+// withoutFiles returns a copy of plan without its layers' Files, which
+// only newSimilarity reads.
+func withoutFiles(plan Plan) Plan {
+	out := make(Plan, len(plan))
+	for i, img := range plan {
+		out[i] = PlannedImage{Name: img.Name, Layers: make([]Layer, len(img.Layers))}
+		for j, l := range img.Layers {
+			l.Files = nil
+			out[i].Layers[j] = l
+		}
+	}
+	return out
 }
 
 // Saves says how many file bytes the zstd:chunked layers similar to blob
 // share with it: pulling blob's image early lets them fetch that much less
 // (similar.go). The pull engine starts such images first.
-func (c *Coordinator) Saves(blob digest.Digest) int64 { return c.saves[blob] }
+func (c *Coordinator) Saves(blob digest.Digest) int64 { return c.sim.saves[blob] }
 
 // similarFlightLocked returns a flight of a layer similar to blob that
 // img may wait for before claiming blob, and that layer's blob; nil if
 // there is none. c.mu must be held.
 func (c *Coordinator) similarFlightLocked(img *Image, blob digest.Digest) (digest.Digest, *flight) {
-	if len(c.similar[blob]) == 0 {
+	if len(c.sim.similar[blob]) == 0 {
 		return "", nil
 	}
 	img.mu.Lock()
@@ -95,7 +128,7 @@ func (c *Coordinator) similarFlightLocked(img *Image, blob digest.Digest) (diges
 	if owns {
 		return "", nil
 	}
-	for _, other := range c.similar[blob] {
+	for _, other := range c.sim.similar[blob] {
 		// Only this process's flights: another process's ends when its lock
 		// is free, which says nothing of whether it committed the layer.
 		// Its owner is not img and waits for nothing of img's: img owns no
@@ -112,20 +145,19 @@ func (c *Coordinator) similarFlightLocked(img *Image, blob digest.Digest) (diges
 // run has: once a third layer brought the files they share, waiting for
 // other saves nothing. c.mu must be held.
 func (c *Coordinator) worthWaitingLocked(blob, other digest.Digest) bool {
-	var total, gain int64
-	for f, size := range c.files[blob] {
-		total += size
-		if _, ok := c.files[other][f]; ok && !c.storedFiles[f] {
+	var gain int64
+	for f, size := range c.sim.shared[blob] {
+		if _, ok := c.sim.shared[other][f]; ok && !c.storedFiles[f] {
 			gain += size
 		}
 	}
-	return float64(gain) >= similarShare*float64(total)
+	return float64(gain) >= similarShare*float64(c.sim.total[blob])
 }
 
 // filesCommittedLocked records that blob's layer is in the store, with
 // its files. c.mu must be held.
 func (c *Coordinator) filesCommittedLocked(blob digest.Digest) {
-	for f := range c.files[blob] {
+	for f := range c.sim.shared[blob] {
 		c.storedFiles[f] = true
 	}
 }
@@ -169,7 +201,7 @@ func (c *Coordinator) leadDecidedLocked(img *Image, ended bool) {
 	if img.index != c.lead {
 		return
 	}
-	if !ended && !img.decided(c.saves) {
+	if !ended && !img.decided(c.sim.saves) {
 		return
 	}
 	c.leadOnce.Do(func() { close(c.leadReady) })

@@ -34,13 +34,13 @@ func similarRun() (c *Coordinator, a, b, cImg *Image, blobA, blobB, blobC digest
 
 func TestSimilarLayersShareAQuarterOfTheirFileBytes(t *testing.T) {
 	c, _, _, _, blobA, blobB, blobC := similarRun()
-	if got := c.similar[blobA]; !slices.Equal(got, []digest.Digest{blobB}) {
+	if got := c.sim.similar[blobA]; !slices.Equal(got, []digest.Digest{blobB}) {
 		t.Errorf("layers similar to A: %v, want only B", got)
 	}
-	if got := c.similar[blobB]; !slices.Equal(got, []digest.Digest{blobA}) {
+	if got := c.sim.similar[blobB]; !slices.Equal(got, []digest.Digest{blobA}) {
 		t.Errorf("layers similar to B: %v, want only A", got)
 	}
-	if got := c.similar[blobC]; len(got) != 0 {
+	if got := c.sim.similar[blobC]; len(got) != 0 {
 		t.Errorf("layers similar to C: %v, want none", got)
 	}
 	if got := c.Saves(blobC); got != 0 {
