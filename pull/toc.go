@@ -27,8 +27,9 @@ import (
 // one after the other (commit/similar.go). A TOC is a few hundred KiB at
 // most, and containers/image reads it again when it pulls the layer:
 // nothing lets herd hand it over. So herd reads TOCs only when it may use
-// them: when partial pulls are on and the run has at least two distinct
-// zstd:chunked layers that the store does not have.
+// them: when partial pulls are on and at least two images of the run have
+// zstd:chunked layers that the store does not have (the layers of one
+// image are never held back for each other).
 
 // manifestPositionKey is the annotation that says where a zstd:chunked
 // layer's TOC is in its blob, as "offset:length:uncompressedLength:type"
@@ -64,7 +65,9 @@ func layerFilesOf(ctx context.Context, targets []*target, opts *Options, diffIDs
 	needs := needsOf(pulled)
 	var candidates []candidate
 	seen := map[digest.Digest]bool{}
+	images := 0 // with candidates
 	for _, t := range pulled {
+		before := len(candidates)
 		for _, l := range t.distinctLayers() {
 			toc := tocDigest(l)
 			if toc == "" || seen[l.Digest] || needs[l.Digest] == len(pulled) || commit.Findable(opts.Store, diffIDs, l.Digest, toc) {
@@ -75,8 +78,11 @@ func layerFilesOf(ctx context.Context, targets []*target, opts *Options, diffIDs
 				candidates = append(candidates, candidate{src, l, toc})
 			}
 		}
+		if len(candidates) > before {
+			images++
+		}
 	}
-	if len(candidates) < 2 {
+	if images < 2 {
 		return nil
 	}
 	start := time.Now()
