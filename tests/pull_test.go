@@ -88,13 +88,7 @@ func TestSharedBaseServedOnceSerial(t *testing.T) {
 // other (commit/similar.go). Issue 11 made that hold at any -j.
 func TestSimilarFilesPartialPull(t *testing.T) {
 	e := newEnv(t, testregistry.Options{})
-	big := testimage.RandomLayer(7, 40, 32*kib)
-	similar := testimage.SimilarLayer(big, 8, 3)
-	a := e.push("sim-a:1", testimage.Image{Layers: []testimage.Layer{big}}, "zstd:chunked")
-	b := e.push("sim-b:1", testimage.Image{Layers: []testimage.Layer{similar}}, "zstd:chunked")
-	if a.Layers[0].Digest == b.Layers[0].Digest {
-		t.Fatal("fixture: the similar layers are one blob")
-	}
+	a, b := e.pushSimilarPair("sim", 7)
 	for _, jobs := range []string{"1", "4"} {
 		t.Run("j"+jobs, func(t *testing.T) {
 			e.resetStore()
@@ -123,15 +117,26 @@ func TestSimilarFilesPartialPull(t *testing.T) {
 	}
 }
 
+// pushSimilarPair pushes NAME-a:1 and NAME-b:1, zstd:chunked images of one
+// layer each: different blobs, 3 of whose 40 files differ.
+func (e *env) pushSimilarPair(name string, seed int64) (a, b testimage.Pushed) {
+	e.t.Helper()
+	big := testimage.RandomLayer(seed, 40, 32*kib)
+	similar := testimage.SimilarLayer(big, seed+1, 3)
+	a = e.push(name+"-a:1", testimage.Image{Layers: []testimage.Layer{big}}, "zstd:chunked")
+	b = e.push(name+"-b:1", testimage.Image{Layers: []testimage.Layer{similar}}, "zstd:chunked")
+	if a.Layers[0].Digest == b.Layers[0].Digest {
+		e.t.Fatal("fixture: the similar layers are one blob")
+	}
+	return a, b
+}
+
 // A zstd:chunked layer that waits for a similar one another image pulls
 // (commit/similar.go) is pulled all the same when that image fails: the
 // wait ends with the failed pull, and the failure names its image.
 func TestSimilarLayerPulledWhenTheOtherImageFails(t *testing.T) {
 	e := newEnv(t, testregistry.Options{})
-	big := testimage.RandomLayer(9, 40, 32*kib)
-	similar := testimage.SimilarLayer(big, 10, 3)
-	a := e.push("simfail-a:1", testimage.Image{Layers: []testimage.Layer{big}}, "zstd:chunked")
-	b := e.push("simfail-b:1", testimage.Image{Layers: []testimage.Layer{similar}}, "zstd:chunked")
+	a, b := e.pushSimilarPair("simfail", 9)
 	broken := a.Layers[0].Digest
 	// The first GET is herd's read of the TOC; the pull's own reads fail,
 	// late enough for b to be waiting by then.
