@@ -110,11 +110,6 @@ func withoutFiles(plan Plan) Plan {
 	return out
 }
 
-// Saves says how many file bytes the zstd:chunked layers similar to blob
-// share with it: pulling blob's image early lets them fetch that much less
-// (similar.go). The pull engine starts such images first.
-func (c *Coordinator) Saves(blob digest.Digest) int64 { return c.sim.saves[blob] }
-
 // similarFlightLocked returns a flight of a layer similar to blob that
 // img may wait for before claiming blob, and that layer's blob; nil if
 // there is none. c.mu must be held.
@@ -168,7 +163,7 @@ func (c *Coordinator) filesCommittedLocked(blob digest.Digest) {
 // wait for), so which of two similar layers goes first would otherwise be
 // a race between their images' first lookups, which containers/image makes
 // all at once. The image whose layers save the others the most
-// (Coordinator.Saves) is the lead: the pull engine starts the other
+// (similarity.saves) is the lead: the pull engine starts the other
 // images once the lead has decided each of those layers (claimed it, found
 // it, or waited), or has started to wait for anything, or its attempt has
 // ended. Until then the others hold nothing (no slot, no claim), so the
@@ -195,13 +190,13 @@ func leadOf(plan Plan, saves map[digest.Digest]int64) int {
 func (c *Coordinator) Lead() (int, <-chan struct{}) { return c.lead, c.leadReady }
 
 // leadDecidedLocked closes leadReady if img is the lead and it has decided
-// each of its layers that saves others file bytes, or if ended says it
-// waits or has ended. c.mu must be held.
-func (c *Coordinator) leadDecidedLocked(img *Image, ended bool) {
+// each of its layers that saves others file bytes, or if waitsOrEnded says
+// it starts to wait or its attempt has ended. c.mu must be held.
+func (c *Coordinator) leadDecidedLocked(img *Image, waitsOrEnded bool) {
 	if img.index != c.lead {
 		return
 	}
-	if !ended && !img.decided(c.sim.saves) {
+	if !waitsOrEnded && !img.decided(c.sim.saves) {
 		return
 	}
 	c.leadOnce.Do(func() { close(c.leadReady) })

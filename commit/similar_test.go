@@ -43,10 +43,10 @@ func TestSimilarLayersShareAQuarterOfTheirFileBytes(t *testing.T) {
 	if got := c.sim.similar[blobC]; len(got) != 0 {
 		t.Errorf("layers similar to C: %v, want none", got)
 	}
-	if got := c.Saves(blobC); got != 0 {
+	if got := c.sim.saves[blobC]; got != 0 {
 		t.Errorf("C saves %d bytes, want 0 (A's share of it is below similarShare)", got)
 	}
-	if got := c.Saves(blobA); got != 300 {
+	if got := c.sim.saves[blobA]; got != 300 {
 		t.Errorf("A saves %d bytes, want 300 (B's three files)", got)
 	}
 }

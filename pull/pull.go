@@ -137,16 +137,18 @@ func Run(ctx context.Context, inputs []string, opts Options) []*Result {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			run := &imagePull{index: i, target: t, result: results[i], opts: &opts, coord: coord, cache: cache, runProgress: runProgress, runStart: runStart, slots: slots, stopRun: cancel}
 			if i == lead {
 				defer close(leadEnded)
 			} else if lead >= 0 {
-				select {
-				case <-leadReady:
-				case <-leadEnded:
-				case <-ctx.Done():
+				run.startAfter = func() {
+					select {
+					case <-leadReady:
+					case <-leadEnded:
+					case <-ctx.Done():
+					}
 				}
 			}
-			run := &imagePull{index: i, target: t, result: results[i], opts: &opts, coord: coord, cache: cache, runProgress: runProgress, runStart: runStart, slots: slots, stopRun: cancel}
 			if t.local != nil {
 				run.keep(ctx)
 			} else {
@@ -256,6 +258,9 @@ type imagePull struct {
 	image *commit.Image
 	// stopRun cancels every image of the run, with the cause (failStore).
 	stopRun context.CancelCauseFunc
+	// startAfter, if set, returns when the image's copy may start (the
+	// lead image's, commit/similar.go); the image's time counts from before.
+	startAfter func()
 
 	mu       sync.Mutex
 	waits    int                     // this image's waits for other pulls' blobs under way
@@ -278,6 +283,9 @@ func (ip *imagePull) emit(e Event) {
 func (ip *imagePull) pull(ctx context.Context) {
 	start := time.Now()
 	defer func() { ip.result.Duration = time.Since(start) }()
+	if ip.startAfter != nil {
+		ip.startAfter()
+	}
 	ip.fetched = map[digest.Digest]int64{}
 	ip.done = map[digest.Digest]bool{}
 	ip.skipped = map[digest.Digest]How{}
