@@ -200,10 +200,6 @@ type Layer struct {
 	Blob digest.Digest // the compressed blob's digest
 	Size int64         // the blob's size as the manifest declares it; -1 if unknown
 	TOC  digest.Digest // zstd:chunked's TOC digest; "" for other layers
-	// Files are a zstd:chunked layer's files, from its TOC; nil if not
-	// known. Layers with many of the same files are pulled one after the
-	// other (similar.go).
-	Files Files
 }
 
 // Coordinator is shared by all pulls of one run. The zero value is not
@@ -247,7 +243,9 @@ func (f *flight) ownerName() string {
 }
 
 // NewCoordinator returns the coordinator of one run that pulls plan.
-// diffIDs is the blob-info cache the run's copy.Image calls share (the same
+// files are the files of the plan's zstd:chunked layers by blob, from their
+// TOCs, where they were read (may be nil): layers with many of the same
+// files are pulled one after the other (similar.go). diffIDs is the blob-info cache the run's copy.Image calls share (the same
 // BlobInfoCacheDir), so that a wait ends as soon as the layer can be reused
 // by DiffID; nil disables that (invariant 2, InStore, then relies on
 // compressed and TOC digests). locks, if not nil, are the store's blob locks
@@ -257,10 +255,10 @@ func (f *flight) ownerName() string {
 // The coordinator has no clock of its own (invariant 5): how long a
 // transfer may make no progress is the pull engine's stall policy, which
 // ends an owner's attempt, and with it its flights (OwnerFailed).
-func NewCoordinator(plan Plan, diffIDs DiffIDs, locks *BlobLocks) *Coordinator {
+func NewCoordinator(plan Plan, files map[digest.Digest]Files, diffIDs DiffIDs, locks *BlobLocks) *Coordinator {
 	c := &Coordinator{
-		plan:        withoutFiles(plan),
-		sim:         newSimilarity(plan),
+		plan:        plan,
+		sim:         newSimilarity(files),
 		diffIDs:     diffIDs,
 		locks:       locks,
 		stop:        make(chan struct{}),

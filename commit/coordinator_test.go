@@ -29,7 +29,7 @@ func waitFor(p *Image, blob digest.Digest) <-chan decision {
 // twoImages returns the coordinator of a run of two images, a and b, that
 // both have layers, and the first attempt of each.
 func twoImages(layers []Layer) (c *Coordinator, a, b *Image) {
-	c = NewCoordinator(Plan{{Name: "a", Layers: layers}, {Name: "b", Layers: layers}}, nil, nil)
+	c = NewCoordinator(Plan{{Name: "a", Layers: layers}, {Name: "b", Layers: layers}}, nil, nil, nil)
 	return c, c.Join(context.Background(), 0, Hooks{}), c.Join(context.Background(), 1, Hooks{})
 }
 
@@ -151,7 +151,7 @@ func TestWaitThatWouldCloseACycleIsRefused(t *testing.T) {
 
 // A longer cycle, through a third pull.
 func TestCycleThroughAThirdPullIsRefused(t *testing.T) {
-	c := NewCoordinator(Plan{{Name: "a"}, {Name: "b"}, {Name: "z"}}, nil, nil)
+	c := NewCoordinator(Plan{{Name: "a"}, {Name: "b"}, {Name: "z"}}, nil, nil, nil)
 	blobZ := digest.FromString("z")
 	a, b, z := c.Join(context.Background(), 0, Hooks{}), c.Join(context.Background(), 1, Hooks{}), c.Join(context.Background(), 2, Hooks{})
 	a.claimOrWait(blobX, nil, true)
@@ -229,7 +229,7 @@ func TestPlanLinksTOCsAndCountsNeeds(t *testing.T) {
 		{Name: "a", Layers: []Layer{{Blob: blobX, TOC: toc}, {Blob: blobY}, {Blob: blobX, TOC: toc}}},
 		{Name: "b", Layers: []Layer{{Blob: blobY}}},
 		{Name: "unresolved"},
-	}, nil, nil)
+	}, nil, nil, nil)
 	if c.tocToBlob[toc] != blobX || c.blobToTOC[blobX] != toc {
 		t.Error("the plan's TOC digest is not linked both ways with its blob")
 	}
@@ -327,7 +327,7 @@ func TestTopLayerLookupClaimsNothingAboveAnotherPullsFlight(t *testing.T) {
 	c := NewCoordinator(Plan{
 		{Name: "a", Layers: []Layer{{Blob: blobX}, {Blob: blobY}}},
 		{Name: "b", Layers: []Layer{{Blob: blobX}, {Blob: blobY}, {Blob: blobZ}}},
-	}, nil, nil)
+	}, nil, nil, nil)
 	a := c.Join(context.Background(), 0, Hooks{})
 	b := c.Join(context.Background(), 1, Hooks{})
 	a.claimOrWait(blobX, a.lookingUp(blobX), true)

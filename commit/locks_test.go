@@ -25,7 +25,7 @@ func openProcess(t *testing.T, dir string, plan Plan) *Coordinator {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := NewCoordinator(plan, nil, l)
+	c := NewCoordinator(plan, nil, nil, l)
 	t.Cleanup(c.Close)
 	return c
 }

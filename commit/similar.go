@@ -47,20 +47,13 @@ type similarity struct {
 	saves   map[digest.Digest]int64           // layer blob → file bytes the layers similar to it share with it
 }
 
-// newSimilarity finds the similar layers of plan, from the Files of its
-// layers.
-func newSimilarity(plan Plan) similarity {
-	files := map[digest.Digest]Files{}
+// newSimilarity finds the similar layers among files, the files of each
+// layer blob.
+func newSimilarity(files map[digest.Digest]Files) similarity {
 	holders := map[digest.Digest][]digest.Digest{} // file digest → layer blobs with it
-	for _, img := range plan {
-		for _, l := range img.Layers {
-			if l.Files == nil || files[l.Blob] != nil {
-				continue
-			}
-			files[l.Blob] = l.Files
-			for f := range l.Files {
-				holders[f] = append(holders[f], l.Blob)
-			}
+	for blob, own := range files {
+		for f := range own {
+			holders[f] = append(holders[f], blob)
 		}
 	}
 	s := similarity{
@@ -94,20 +87,6 @@ func newSimilarity(plan Plan) similarity {
 		}
 	}
 	return s
-}
-
-// withoutFiles returns a copy of plan without its layers' Files, which
-// only newSimilarity reads.
-func withoutFiles(plan Plan) Plan {
-	out := make(Plan, len(plan))
-	for i, img := range plan {
-		out[i] = PlannedImage{Name: img.Name, Layers: make([]Layer, len(img.Layers))}
-		for j, l := range img.Layers {
-			l.Files = nil
-			out[i].Layers[j] = l
-		}
-	}
-	return out
 }
 
 // similarFlightLocked returns a flight of a layer similar to blob that

@@ -24,9 +24,13 @@ func files(size int64, names ...string) Files {
 func similarRun() (c *Coordinator, a, b, cImg *Image, blobA, blobB, blobC digest.Digest) {
 	blobA, blobB, blobC = digest.FromString("A"), digest.FromString("B"), digest.FromString("C")
 	c = NewCoordinator(Plan{
-		{Name: "a", Layers: []Layer{{Blob: blobA, Files: files(100, "1", "2", "3", "4", "10")}}},
-		{Name: "b", Layers: []Layer{{Blob: blobB, Files: files(100, "1", "2", "3", "5")}}},
-		{Name: "c", Layers: []Layer{{Blob: blobC, Files: files(100, "4", "6", "7", "8", "9")}}},
+		{Name: "a", Layers: []Layer{{Blob: blobA}}},
+		{Name: "b", Layers: []Layer{{Blob: blobB}}},
+		{Name: "c", Layers: []Layer{{Blob: blobC}}},
+	}, map[digest.Digest]Files{
+		blobA: files(100, "1", "2", "3", "4", "10"),
+		blobB: files(100, "1", "2", "3", "5"),
+		blobC: files(100, "4", "6", "7", "8", "9"),
 	}, nil, nil)
 	ctx := context.Background()
 	return c, c.Join(ctx, 0, Hooks{}), c.Join(ctx, 1, Hooks{}), c.Join(ctx, 2, Hooks{}), blobA, blobB, blobC
@@ -142,9 +146,13 @@ func decideWithoutWaiting(t *testing.T, c *Coordinator, owner, b *Image, blob di
 func TestSimilarLayerNotWaitedForWhenItsFilesAreInTheStore(t *testing.T) {
 	blobA, blobB, blobD := digest.FromString("A"), digest.FromString("B"), digest.FromString("D")
 	c := NewCoordinator(Plan{
-		{Name: "a", Layers: []Layer{{Blob: blobA, Files: files(100, "1", "2", "3", "4")}}},
-		{Name: "b", Layers: []Layer{{Blob: blobB, Files: files(100, "1", "2", "3", "5")}}},
-		{Name: "d", Layers: []Layer{{Blob: blobD, Files: files(100, "1", "2", "3")}}},
+		{Name: "a", Layers: []Layer{{Blob: blobA}}},
+		{Name: "b", Layers: []Layer{{Blob: blobB}}},
+		{Name: "d", Layers: []Layer{{Blob: blobD}}},
+	}, map[digest.Digest]Files{
+		blobA: files(100, "1", "2", "3", "4"),
+		blobB: files(100, "1", "2", "3", "5"),
+		blobD: files(100, "1", "2", "3"),
 	}, nil, nil)
 	ctx := context.Background()
 	a, b := c.Join(ctx, 0, Hooks{}), c.Join(ctx, 1, Hooks{})
@@ -162,10 +170,11 @@ func TestLeadIsReadyOnceItClaimedItsLayers(t *testing.T) {
 	blobBig := digest.FromString("big")
 	// All of small's files, but small has under a quarter of big's.
 	bigFiles := files(100, "1", "2", "4", "6", "7", "8", "9", "10", "11")
+	allFiles := map[digest.Digest]Files{blobB: files(100, "1", "2"), blobA: files(100, "3"), blobBig: bigFiles}
 	c := NewCoordinator(Plan{
-		{Name: "small", Layers: []Layer{{Blob: blobB, Files: files(100, "1", "2")}}},
-		{Name: "big", Layers: []Layer{{Blob: blobX}, {Blob: blobA, Files: files(100, "3")}, {Blob: blobBig, Files: bigFiles}}},
-	}, nil, nil)
+		{Name: "small", Layers: []Layer{{Blob: blobB}}},
+		{Name: "big", Layers: []Layer{{Blob: blobX}, {Blob: blobA}, {Blob: blobBig}}},
+	}, allFiles, nil, nil)
 	lead, ready := c.Lead()
 	if lead != 1 {
 		t.Fatalf("lead %d, want 1 (its top layer has all of the other's files)", lead)
@@ -186,9 +195,9 @@ func TestLeadIsReadyOnceItClaimedItsLayers(t *testing.T) {
 	}
 
 	c = NewCoordinator(Plan{
-		{Name: "small", Layers: []Layer{{Blob: blobB, Files: files(100, "1", "2")}}},
-		{Name: "big", Layers: []Layer{{Blob: blobBig, Files: bigFiles}}},
-	}, nil, nil)
+		{Name: "small", Layers: []Layer{{Blob: blobB}}},
+		{Name: "big", Layers: []Layer{{Blob: blobBig}}},
+	}, allFiles, nil, nil)
 	_, ready = c.Lead()
 	c.Join(context.Background(), 1, Hooks{}).Done() // it failed before any lookup
 	select {

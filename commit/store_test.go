@@ -15,7 +15,7 @@ import (
 // failure the untar child reports as text, as for a layer linking to a file
 // it lacks, is not.
 func TestCommitFailureOfAVanishedFile(t *testing.T) {
-	c := NewCoordinator(Plan{{Name: "a", Layers: []Layer{{Blob: blobX}}}}, nil, nil)
+	c := NewCoordinator(Plan{{Name: "a", Layers: []Layer{{Blob: blobX}}}}, nil, nil, nil)
 	var reported error
 	s := c.Join(context.Background(), 0, Hooks{CommitFailed: func(_ digest.Digest, err error) { reported = err }}).Store(nil)
 	rename := &os.LinkError{Op: "rename", Old: "/store/overlay-layers/tmp/temp-dir-1/0-addition", New: "/store/overlay-layers/x.tar-split.gz", Err: syscall.ENOENT}

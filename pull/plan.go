@@ -52,9 +52,8 @@ func needsOf(targets []*target) map[digest.Digest]int {
 
 // planOf is what the coordinator needs to know of the run before it starts:
 // every image's layers, by the image's index in the run (an image that did
-// not resolve has none), with the files of zstd:chunked layers from their
-// TOCs where they were read (layerFilesOf).
-func planOf(targets []*target, results []*Result, files map[digest.Digest]commit.Files) commit.Plan {
+// not resolve has none).
+func planOf(targets []*target, results []*Result) commit.Plan {
 	plan := make(commit.Plan, len(targets))
 	for i, t := range targets {
 		plan[i].Name = results[i].Name()
@@ -62,9 +61,6 @@ func planOf(targets []*target, results []*Result, files map[digest.Digest]commit
 			continue
 		}
 		plan[i].Layers = planLayers(t)
-		for j := range plan[i].Layers {
-			plan[i].Layers[j].Files = files[plan[i].Layers[j].Blob]
-		}
 	}
 	return plan
 }

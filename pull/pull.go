@@ -114,7 +114,7 @@ func Run(ctx context.Context, inputs []string, opts Options) []*Result {
 			logrus.Warnf("%v: not coordinating fetches with other herd processes on this store", err)
 		}
 	}
-	coord := commit.NewCoordinator(planOf(targets, results, layerFilesOf(ctx, targets, &opts, diffIDs)), diffIDs, locks)
+	coord := commit.NewCoordinator(planOf(targets, results), layerFilesOf(ctx, targets, &opts, diffIDs), diffIDs, locks)
 	defer coord.Close()
 	runProgress := newRunClock()
 	// The slot reserve covers every image waiting at once (one slot per
