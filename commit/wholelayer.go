@@ -14,7 +14,9 @@ import (
 	"go.podman.io/image/v5/pkg/blobinfocache/none"
 	"go.podman.io/image/v5/types"
 	"go.podman.io/storage"
+	drivers "go.podman.io/storage/drivers"
 	"go.podman.io/storage/pkg/archive"
+	"go.podman.io/storage/pkg/chunked"
 )
 
 // Whole layers that herd fetches itself, so that each is decompressed once.
@@ -88,20 +90,31 @@ type WholeLayers struct {
 	// once the layer is committed.
 	Progress         func(types.ProgressProperties)
 	ProgressInterval time.Duration
+	// Partial, if set, lets the Store pull the zstd:chunked layers it
+	// claims partially itself (partiallayer.go): it returns what reads
+	// parts of layer for containers/storage's pkg/chunked, calling fetched
+	// with what the registry sends. Layers is then the image's layers as
+	// its manifest lists them, with the annotations that say where each
+	// one's TOC is.
+	Partial func(ctx context.Context, layer types.BlobInfo, fetched func(bytes int)) chunked.ImageSourceSeekable
+	Layers  []types.BlobInfo
 }
 
 // wholeFetch is one whole layer herd fetches for an image.
 type wholeFetch struct {
 	info       types.BlobInfo
+	partial    bool // a zstd:chunked layer, staged by pkg/chunked; else fetched whole to file
 	diffID     digest.Digest
-	id, parent string        // the layer's storage ID, and its parent's
-	fetched    chan struct{} // closed when the fetch has ended
-	handoff    chan struct{} // the layer's commit lends the fetch its slot
-	ownSlot    atomic.Bool   // the fetch holds a slot of its own
-	file       *os.File      // the checked blob, once fetched
-	bytes      int64         // read from the source
-	reported   int64         // of which "read" events reported
-	err        error         // why the fetch failed
+	id, parent string                          // the layer's storage ID, and its parent's
+	fetched    chan struct{}                   // closed when the fetch has ended
+	handoff    chan struct{}                   // the layer's commit lends the fetch its slot
+	ownSlot    atomic.Bool                     // the fetch holds a slot of its own
+	file       *os.File                        // the checked blob, once fetched whole
+	staged     *drivers.DriverWithDifferOutput // the staged layer, once pulled partially
+	store      storage.Store                   // where it is staged
+	bytes      int64                           // read from the source
+	reported   int64                           // of which "read" events reported
+	err        error                           // why the fetch failed
 }
 
 // placeholder is what the lookup returns for the layer before it exists:
@@ -132,10 +145,7 @@ func (img *Image) EndWholeLayers() {
 	img.mu.Lock()
 	defer img.mu.Unlock()
 	for _, f := range img.wholeFetches {
-		if f.file != nil {
-			removeFile(f.file)
-			f.file = nil
-		}
+		f.discard()
 	}
 }
 
@@ -156,7 +166,7 @@ func (s *Store) startWholeFetch(blob digest.Digest) *wholeFetch {
 	if w == nil || img.WholeLayerError() != nil {
 		return nil // after a failure, containers/image reports it (Store.Layer)
 	}
-	index, whole := WholeLayerIndex(img.planned, blob)
+	index, whole := WholeLayerIndex(img.planned, blob, w.Partial != nil)
 	if !whole || blob.Validate() != nil || s.Store.PullOptions()["convert_images"] == "true" {
 		// Or containers/image is to convert layers to zstd:chunked as it
 		// pulls them (storage.conf).
@@ -172,8 +182,14 @@ func (s *Store) startWholeFetch(blob digest.Digest) *wholeFetch {
 	}
 	f := &wholeFetch{
 		info:   types.BlobInfo{Digest: blob, Size: img.planned[index].Size},
-		diffID: diffIDs[index], id: id, parent: parent,
+		diffID: diffIDs[index], id: id, parent: parent, store: s.Store,
 		fetched: make(chan struct{}), handoff: make(chan struct{}, 1),
+	}
+	if img.planned[index].TOC != "" {
+		if len(w.Layers) != len(img.planned) || w.Layers[index].Digest != blob {
+			return nil
+		}
+		f.partial, f.info = true, w.Layers[index] // with the annotations pkg/chunked reads
 	}
 	img.mu.Lock()
 	if img.wholeFetches == nil {
@@ -183,12 +199,16 @@ func (s *Store) startWholeFetch(blob digest.Digest) *wholeFetch {
 	img.wholeFetches[id] = f
 	img.wholeBlobs[blob] = true
 	img.mu.Unlock()
-	logrus.Debugf("%s: fetching blob %s itself, for layer %s (whole-layer fetch)", img.name, blob, id)
+	how := "whole-layer fetch"
+	if f.partial {
+		how = "partial pull"
+	}
+	logrus.Debugf("%s: fetching blob %s itself, for layer %s (%s)", img.name, blob, id, how)
 	img.wholeRunning.Add(1)
 	go func() {
 		defer img.wholeRunning.Done()
 		defer close(f.fetched)
-		f.err = s.fetchToFile(f)
+		f.err = s.fetch(f)
 		if f.err == nil {
 			img.hooks.CommitStarted(blob) // fetched: the rest is the commit's
 		}
@@ -198,16 +218,19 @@ func (s *Store) startWholeFetch(blob digest.Digest) *wholeFetch {
 
 // WholeLayerIndex returns blob's index among an image's planned layers,
 // and whether herd fetches it itself when the image claims it (the pull
-// engine's dry run asks the same): a layer of the manifest with no
-// zstd:chunked layer at or below it (partial pulls, and layer IDs made
-// from TOC digests, are containers/image's), in an image that lists no
-// blob twice (invariant 7: its one copy at a time holds its only slot).
-func WholeLayerIndex(layers []Layer, blob digest.Digest) (int, bool) {
+// engine's dry run asks the same): a layer of the manifest in an image
+// that lists no blob twice (invariant 7: its one copy at a time holds its
+// only slot), and, unless herd pulls zstd:chunked layers partially itself
+// (partial), with no zstd:chunked layer at or below it: containers/image
+// would pull those partially, and its layer IDs for a layer it pulls that
+// way, and the layers above, are not the chain of DiffIDs when
+// containers/storage does not compute the layer's DiffID.
+func WholeLayerIndex(layers []Layer, blob digest.Digest, partial bool) (int, bool) {
 	if listsTwice(layers) {
 		return -1, false
 	}
 	for i, l := range layers {
-		if l.TOC != "" {
+		if l.TOC != "" && !partial {
 			return -1, false
 		}
 		if l.Blob == blob {
@@ -234,18 +257,31 @@ func layerChain(diffIDs []digest.Digest) (parent, id string) {
 	return parent, id
 }
 
-// fetchToFile fetches f's blob into a file under a --jobs slot, checking
-// its size and digest.
-func (s *Store) fetchToFile(f *wholeFetch) error {
-	img := s.image
-	ctx := img.wholeCtx
+// fetch fetches f's layer under a --jobs slot: partially if it is a
+// zstd:chunked layer pkg/chunked can pull so, else its whole blob to a
+// file.
+func (s *Store) fetch(f *wholeFetch) error {
+	ctx := s.image.wholeCtx
 	release, err := s.takeSlot(ctx, f)
 	if err != nil {
 		return err
 	}
 	defer release()
-	w := img.whole
-	w.Progress(types.ProgressProperties{Event: types.ProgressEventNewArtifact, Artifact: f.info})
+	s.image.whole.Progress(types.ProgressProperties{Event: types.ProgressEventNewArtifact, Artifact: f.info})
+	if f.partial {
+		err := s.stage(ctx, f)
+		if _, fallback := errors.AsType[chunked.ErrFallbackToOrdinaryLayerDownload](err); !fallback {
+			return err
+		}
+		logrus.Debugf("%s: fetching blob %s whole: %v", s.image.name, f.info.Digest, err)
+		f.partial = false
+	}
+	return s.fetchToFile(ctx, f)
+}
+
+// fetchToFile fetches f's blob into a file, checking its size and digest.
+func (s *Store) fetchToFile(ctx context.Context, f *wholeFetch) error {
+	w := s.image.whole
 	body, _, err := w.Source.GetBlob(ctx, f.info, none.NoCache)
 	if err != nil {
 		return err
@@ -341,10 +377,10 @@ func (s *Store) applyWhole(f *wholeFetch) (*storage.Layer, error) {
 	if f.err != nil {
 		return nil, f.err
 	}
-	defer func() {
-		removeFile(f.file)
-		f.file = nil
-	}()
+	if f.staged != nil {
+		return s.applyStaged(f)
+	}
+	defer f.discard()
 	layer, err := s.applyFile(f)
 	if errors.Is(err, storage.ErrDuplicateID) {
 		// Another pull committed the same content from another blob (the
@@ -418,6 +454,18 @@ func (f *wholeFetch) layerTar() (*diffIDReader, func(), error) {
 		return nil, nil, err
 	}
 	return &diffIDReader{tar: tarStream, want: f.diffID, digester: f.diffID.Algorithm().Digester()}, func() { _ = tarStream.Close() }, nil
+}
+
+// discard removes what f fetched and no layer was made of.
+func (f *wholeFetch) discard() {
+	if f.file != nil {
+		removeFile(f.file)
+		f.file = nil
+	}
+	if f.staged != nil {
+		_ = f.store.CleanupStagedLayer(f.staged)
+		f.staged = nil
+	}
 }
 
 func removeFile(file *os.File) {

@@ -114,7 +114,8 @@ func Run(ctx context.Context, inputs []string, opts Options) []*Result {
 			logrus.Warnf("%v: not coordinating fetches with other herd processes on this store", err)
 		}
 	}
-	coord := commit.NewCoordinator(planOf(targets, results), layerFilesOf(ctx, targets, &opts, diffIDs), diffIDs, locks)
+	tocs := &readTOCs{}
+	coord := commit.NewCoordinator(planOf(targets, results), layerFilesOf(ctx, targets, &opts, diffIDs, tocs), diffIDs, locks)
 	defer coord.Close()
 	runProgress := newRunClock()
 	// The slot reserve covers every image waiting at once (one slot per
@@ -137,7 +138,7 @@ func Run(ctx context.Context, inputs []string, opts Options) []*Result {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			run := &imagePull{index: i, target: t, result: results[i], opts: &opts, coord: coord, cache: cache, runProgress: runProgress, runStart: runStart, slots: slots, stopRun: cancel}
+			run := &imagePull{index: i, target: t, result: results[i], opts: &opts, coord: coord, cache: cache, tocs: tocs, runProgress: runProgress, runStart: runStart, slots: slots, stopRun: cancel}
 			if i == lead {
 				defer close(leadEnded)
 			} else if lead >= 0 {
@@ -250,6 +251,7 @@ type imagePull struct {
 	opts   *Options
 	coord  *commit.Coordinator
 	cache  types.BlobInfoCache // the run's, as copy.Image opens it
+	tocs   *readTOCs           // read before the pulls started (toc.go)
 	slots  *slots
 	// runProgress is when any image of the run last made progress (watchdog).
 	runProgress *runClock

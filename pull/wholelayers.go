@@ -12,6 +12,8 @@ import (
 	digest "github.com/opencontainers/go-digest"
 	"go.podman.io/image/v5/pkg/blobinfocache/none"
 	"go.podman.io/image/v5/types"
+	"go.podman.io/storage"
+	"go.podman.io/storage/pkg/chunked"
 
 	"github.com/herd-project/herd/commit"
 )
@@ -32,7 +34,7 @@ func (ip *imagePull) wholeLayers(src types.ImageSource, progress chan<- types.Pr
 		ip.fetched[ip.target.config.Digest] += n
 		ip.mu.Unlock()
 	}}
-	return &commit.WholeLayers{
+	w := &commit.WholeLayers{
 		Source:  src,
 		DiffIDs: config.get,
 		Cache:   ip.cache,
@@ -50,6 +52,26 @@ func (ip *imagePull) wholeLayers(src types.ImageSource, progress chan<- types.Pr
 		Progress:         func(pp types.ProgressProperties) { progress <- pp },
 		ProgressInterval: progressInterval,
 	}
+	if herdPullsPartially(ip.opts.Store, src) {
+		w.Layers = ip.target.layers
+		w.Partial = func(ctx context.Context, layer types.BlobInfo, fetched func(bytes int)) chunked.ImageSourceSeekable {
+			return &blobParts{ctx: ctx, src: src, blob: layer, toc: ip.tocs.take(layer.Digest), fetched: fetched}
+		}
+	}
+	return w
+}
+
+// herdPullsPartially reports whether herd pulls the zstd:chunked layers it
+// claims partially itself (commit/partiallayer.go): containers/image would
+// pull them partially (pullsPartially), src reads parts of blobs, and
+// containers/storage computes each layer's DiffID, which herd checks
+// against the config's. storage.conf's
+// insecure_allow_unpredictable_image_contents turns that off; herd leaves
+// such layers to containers/image, which knows what to trust then.
+func herdPullsPartially(store storage.Store, src types.ImageSource) bool {
+	ranged, ok := src.(interface{ SupportsGetBlobAt() bool })
+	return ok && ranged.SupportsGetBlobAt() && pullsPartially(store) &&
+		!strings.EqualFold(store.PullOptions()["insecure_allow_unpredictable_image_contents"], "true")
 }
 
 // mayFetchWhole reports whether herd may fetch the image's whole layers
@@ -68,13 +90,14 @@ func (t *target) mayFetchWhole(src types.ImageSource) bool {
 	return true
 }
 
-// fetchesWhole reports whether herd fetches blob itself if this image is
-// to fetch it (for a dry run: the store's state aside).
-func (t *target) fetchesWhole(blob digest.Digest) bool {
+// fetchesWhole reports whether herd fetches blob itself, whole or
+// partially, if this image is to fetch it into store (for a dry run: the
+// store's content aside).
+func (t *target) fetchesWhole(blob digest.Digest, store storage.Store) bool {
 	if t.source == nil || !t.mayFetchWhole(t.source.opened) {
 		return false
 	}
-	_, whole := commit.WholeLayerIndex(planLayers(t), blob)
+	_, whole := commit.WholeLayerIndex(planLayers(t), blob, herdPullsPartially(store, t.source.opened))
 	return whole
 }
 

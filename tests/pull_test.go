@@ -131,6 +131,58 @@ func (e *env) pushSimilarPair(name string, seed int64) (a, b testimage.Pushed) {
 	return a, b
 }
 
+// Issue 11: herd reads the TOCs of zstd:chunked layers to order them
+// (commit/similar.go), and then pulls those layers partially itself
+// (commit/partiallayer.go), serving the TOC it read already: the registry
+// sends each TOC once, not once to herd and once more to the partial pull.
+func TestTOCReadOnce(t *testing.T) {
+	e := newEnv(t, testregistry.Options{})
+	a := e.push("toc-a:1", testimage.Image{Layers: []testimage.Layer{testimage.RandomLayer(31, 20, 16*kib)}}, "zstd:chunked")
+	b := e.push("toc-b:1", testimage.Image{Layers: []testimage.Layer{testimage.RandomLayer(32, 20, 16*kib)}}, "zstd:chunked")
+	tocRanges := map[digest.Digest]string{} // blob → the start of its TOC's byte range
+	for _, p := range []testimage.Pushed{a, b} {
+		l := p.Layers[0]
+		var offset int64
+		if _, err := fmt.Sscanf(l.Annotations["io.github.containers.zstd-chunked.manifest-position"], "%d:", &offset); err != nil {
+			t.Fatalf("fixture: %s has no TOC position: %v", p.Ref, err)
+		}
+		tocRanges[l.Digest] = fmt.Sprintf("%d-", offset)
+	}
+	var mu sync.Mutex
+	tocReads := map[digest.Digest]int{}
+	e.reg.SetBlobHook(func(w http.ResponseWriter, req *http.Request, d digest.Digest) bool {
+		start, ok := tocRanges[d]
+		if !ok {
+			return false
+		}
+		ranges := strings.TrimPrefix(req.Header.Get("Range"), "bytes=")
+		for _, r := range strings.Split(ranges, ",") {
+			if strings.HasPrefix(strings.TrimSpace(r), start) {
+				mu.Lock()
+				tocReads[d]++
+				mu.Unlock()
+			}
+		}
+		return false
+	})
+	s, r := e.summary("-j", "4", a.Ref, b.Ref)
+	if r.code != 0 {
+		t.Fatalf("herd exited %d\n%s", r.code, r.stderr)
+	}
+	for _, p := range []testimage.Pushed{a, b} {
+		if n := tocReads[p.Layers[0].Digest]; n != 1 {
+			t.Errorf("%s: the registry was asked for the TOC of blob %s %d times, want once", p.Ref, p.Layers[0].Digest, n)
+		}
+	}
+	for _, img := range s.Images {
+		if how := img.Layers[0].How; how != "partial" {
+			t.Errorf("%s: layer obtained %q, want partial", img.Inputs[0], how)
+		}
+	}
+	e.verifyImage(a)
+	e.verifyImage(b)
+}
+
 // A zstd:chunked layer that waits for a similar one another image pulls
 // (commit/similar.go) is pulled all the same when that image fails: the
 // wait ends with the failed pull, and the failure names its image.
