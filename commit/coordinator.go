@@ -50,7 +50,13 @@
 //     A pull also waits, before claiming a zstd:chunked layer, for another
 //     pull's flight of a layer with many of the same files (similar.go),
 //     but only while it owns no flight: no pull then waits for it, and the
-//     wait closes no cycle.
+//     wait closes no cycle. Where herd pulls an image's layers itself, a
+//     wait for another pull of this process is made at the layer's commit
+//     instead (commitwait.go), and a layer's partial pull may wait for a
+//     layer with some of its files (partiallayer.go): the image's other
+//     layers go on meanwhile, but nothing of it above the layer can be
+//     committed, so these waits are in the wait graph, with the same check,
+//     from their decision to their end.
 //  4. Waits need no new semaphore slot to end when the owner succeeds: the
 //     owner claimed while holding a slot for that layer, and containers/image
 //     acquired the slots of every lower layer of the owner's image before it
@@ -121,15 +127,18 @@
 //     The waits of another process are not in this process's wait graph,
 //     and need none of its slots (4).
 //
-// A blob a pull claims is fetched by containers/image, or, for a whole
-// (not zstd:chunked) layer, by the Store itself in the background
-// (wholelayer.go): the flight is the same, and so are these invariants; the
-// background fetch takes a --jobs slot of its own (or the one of the commit
-// that waits for it) and needs nothing from another pull.
+// A blob a pull claims is fetched by containers/image, or by the Store
+// itself in the background, whole (wholelayer.go) or partially for
+// zstd:chunked (partiallayer.go): the flight is the same, and so are these
+// invariants; the background fetch takes a --jobs slot of its own (or the
+// one of the commit that waits for it), and needs nothing from another
+// pull once it has one (its waits for layers with some of its files come
+// before, in the wait graph).
 //
-// Waits happen only in LayersByCompressedDigest, the lookup every
+// Waits are decided only in LayersByCompressedDigest, the lookup every
 // TryReusingBlobWithOptions makes before any TOC- or DiffID-based lookup,
-// so one wait point serves gzip, zstd and zstd:chunked alike. Before
+// so one decision point serves gzip, zstd and zstd:chunked alike; they are
+// made there, or at the layer's commit (commitwait.go). Before
 // claiming a blob the Store asks whether a lookup would find its layer some
 // other way (reusable: by TOC digest for a partially pulled layer, or by
 // the DiffID that the shared blob-info cache records for the blob): if so,
@@ -139,6 +148,7 @@ package commit
 
 import (
 	"context"
+	"runtime"
 	"sync"
 	"time"
 
@@ -218,13 +228,15 @@ type Coordinator struct {
 	lead      int                             // the plan's image that goes first (similar.go); -1 if none
 	leadReady chan struct{}                   // closed once the others may start
 	leadOnce  sync.Once
+	stagings  *stagingGate // partial pulls under way (partiallayer.go)
 
 	mu      sync.Mutex
 	flights map[digest.Digest]*flight // by compressed blob digest
 	// storedFiles are the shared files (similarity.shared) of the layers
 	// this run committed.
-	storedFiles map[digest.Digest]bool
-	waitsFor    map[*Image]map[*Image]int // waiter → owner → number of waits
+	storedFiles    map[digest.Digest]bool
+	committedBlobs map[digest.Digest]bool    // the layers this run committed, by blob
+	waitsFor       map[*Image]map[*Image]int // waiter → owner → number of waits
 }
 
 type flight struct {
@@ -257,19 +269,21 @@ func (f *flight) ownerName() string {
 // ends an owner's attempt, and with it its flights (OwnerFailed).
 func NewCoordinator(plan Plan, files map[digest.Digest]Files, diffIDs DiffIDs, locks *BlobLocks) *Coordinator {
 	c := &Coordinator{
-		plan:        plan,
-		sim:         newSimilarity(files),
-		diffIDs:     diffIDs,
-		locks:       locks,
-		stop:        make(chan struct{}),
-		tocToBlob:   map[digest.Digest]digest.Digest{},
-		blobToTOC:   map[digest.Digest]digest.Digest{},
-		needs:       plan.Needs(),
-		flights:     map[digest.Digest]*flight{},
-		storedFiles: map[digest.Digest]bool{},
-		waitsFor:    map[*Image]map[*Image]int{},
+		plan:           plan,
+		sim:            newSimilarity(files),
+		diffIDs:        diffIDs,
+		locks:          locks,
+		stop:           make(chan struct{}),
+		tocToBlob:      map[digest.Digest]digest.Digest{},
+		blobToTOC:      map[digest.Digest]digest.Digest{},
+		needs:          plan.Needs(),
+		flights:        map[digest.Digest]*flight{},
+		storedFiles:    map[digest.Digest]bool{},
+		committedBlobs: map[digest.Digest]bool{},
+		waitsFor:       map[*Image]map[*Image]int{},
 	}
 	c.lead, c.leadReady = leadOf(plan, c.sim.saves), make(chan struct{})
+	c.stagings = newStagingGate(runtime.GOMAXPROCS(0))
 	for _, img := range plan {
 		for _, l := range img.Layers {
 			if l.TOC != "" {
@@ -318,6 +332,10 @@ type WaitEvent struct {
 	// Blob's files (similar.go): End says how that blob's flight ended,
 	// and Blob is still to be fetched.
 	Similar digest.Digest
+	// AtCommit: the wait is made at the layer's commit (commitwait.go),
+	// not in its lookup: the image's other layers go on meanwhile, and the
+	// commit lends the run the one slot it holds.
+	AtCommit bool
 }
 
 // Hooks are how the coordinator tells the pull engine what happens to one
@@ -325,10 +343,10 @@ type WaitEvent struct {
 // puts a no-op in its place).
 type Hooks struct {
 	// WaitStarted: the image waits for the Owner's fetch of the Blob, or
-	// before fetching the Blob for its fetch of a layer with many of the
-	// same files (Similar); End and Waited are not set yet.
-	// containers/image holds the image's lock meanwhile, so none of its
-	// other layers can finish until WaitEnded.
+	// before fetching the Blob for its fetch of a layer with some of the
+	// same files (Similar); End and Waited are not set yet. Unless
+	// AtCommit, containers/image holds the image's lock meanwhile, so none
+	// of its other layers can finish until WaitEnded.
 	WaitStarted func(WaitEvent)
 	WaitEnded   func(WaitEvent)
 	// CommitStarted: the blob's fetch is over and its layer's commit starts
@@ -396,6 +414,8 @@ type Image struct {
 	wholeFetches map[string]*wholeFetch // by layer ID, until applied
 	wholeBlobs   map[digest.Digest]bool // blobs herd fetches itself
 	wholeErr     error                  // the first failure of one
+
+	commitWaits map[digest.Digest]*commitWait // waits made at the layers' commits (commitwait.go)
 }
 
 // Join starts an attempt of the plan's image number image; ctx cancels its
@@ -501,6 +521,11 @@ func (img *Image) Progress(pp types.ProgressProperties) Obtained {
 		img.layerEnded()
 		return Fetched
 	case types.ProgressEventSkipped:
+		if obtained, atCommit := img.commitWaitSkipped(pp.Artifact.Digest); atCommit {
+			// Reported once the wait at the layer's commit has ended.
+			img.layerEnded()
+			return obtained
+		}
 		if img.fetchesWhole(pp.Artifact.Digest) {
 			// containers/image took the layer herd is fetching as reused:
 			// the fetch goes on, and its flight with it (wholelayer.go).
@@ -610,6 +635,10 @@ const (
 	fetchIt    decision = iota // claimed, our own flight, waiting is unsafe, or cancelled
 	lookAgain                  // the layer is in the store now: look it up
 	claimAgain                 // the owner gave up, or a lower layer was decided: decide again
+	// waitAtCommit: another pull of this process fetches the blob, and the
+	// wait for it is left to the layer's commit (commitwait.go); it is in
+	// the wait graph already.
+	waitAtCommit
 )
 
 // claimOrWait implements invariants 1, 3, 5, 6 and 8 for one missed lookup
@@ -618,6 +647,15 @@ const (
 // images of the run need blob (if not, it waits for no other pull of this
 // process below it: invariant 6).
 func (img *Image) claimOrWait(blob digest.Digest, below []digest.Digest, shared bool) decision {
+	d, _ := img.decide(blob, below, shared, false)
+	return d
+}
+
+// decide is claimOrWait, and with atCommit, when the caller can make a
+// wait for another pull of this process at the layer's commit
+// (commitwait.go), it does not make that wait but returns waitAtCommit
+// and the flight to wait for, with the wait in the wait graph.
+func (img *Image) decide(blob digest.Digest, below []digest.Digest, shared, atCommit bool) (decision, *flight) {
 	c := img.c
 	// While other herd processes pull into the store, a blob only this
 	// image needs is decided after the layers below it as well (8).
@@ -660,9 +698,9 @@ func (img *Image) claimOrWait(blob digest.Digest, below []digest.Digest, shared 
 			// Another pull, or process, fetches a lower layer: let it commit
 			// that first, then decide again from the start (c.mu is released).
 			if img.wait(b, f) == Cancelled {
-				return fetchIt // containers/image fails on the cancelled context
+				return fetchIt, nil // containers/image fails on the cancelled context
 			}
-			return claimAgain
+			return claimAgain, nil
 		}
 		// Ours already, another pull's in this process that its own lookup
 		// waits for, or waiting would close a cycle: its own lookup decides.
@@ -673,13 +711,13 @@ func (img *Image) claimOrWait(blob digest.Digest, below []digest.Digest, shared 
 			// Nobody fetches blob, but another image fetches a layer with
 			// many of its files: let it commit that first (similar.go).
 			if img.waitSimilar(blob, other, of) == Cancelled {
-				return fetchIt
+				return fetchIt, nil
 			}
-			return claimAgain
+			return claimAgain, nil
 		}
 		if c.claimLocked(img, blob) {
 			c.mu.Unlock()
-			return fetchIt
+			return fetchIt, nil
 		}
 	}
 	if f = c.flights[blob]; !c.mayWaitLocked(img, blob, f) {
@@ -687,15 +725,21 @@ func (img *Image) claimOrWait(blob digest.Digest, below []digest.Digest, shared 
 			logrus.Debugf("%s: fetching %s although %s is fetching it: waiting could close a cycle (invariants 3, 8)", img.name, blob, f.ownerName())
 		}
 		c.mu.Unlock()
-		return fetchIt
+		return fetchIt, nil
+	}
+	if atCommit && f.owner != nil {
+		c.addWaitLocked(img, f.owner, +1)
+		c.leadDecidedLocked(img, true)
+		c.mu.Unlock()
+		return waitAtCommit, f
 	}
 	switch img.wait(blob, f) {
 	case Committed, OwnerReused, InStore:
-		return lookAgain
+		return lookAgain, nil
 	case OwnerFailed:
-		return claimAgain
+		return claimAgain, nil
 	default:
-		return fetchIt
+		return fetchIt, nil
 	}
 }
 
@@ -862,13 +906,18 @@ func (img *Image) waitFor(blob, flown digest.Digest, f *flight) WaitEnd {
 // await blocks until f ends, the pull is cancelled, or the store has the
 // layer (invariant 5).
 func (img *Image) await(blob digest.Digest, f *flight) WaitEnd {
+	return img.awaitUntil(img.ctx, blob, f)
+}
+
+// awaitUntil is await, ended by ctx instead of the pull's context.
+func (img *Image) awaitUntil(ctx context.Context, blob digest.Digest, f *flight) WaitEnd {
 	tick := time.NewTicker(storePollInterval)
 	defer tick.Stop()
 	for {
 		select {
 		case <-f.done:
 			return f.end
-		case <-img.ctx.Done():
+		case <-ctx.Done():
 			return Cancelled
 		case <-tick.C:
 			if img.reusable != nil && img.reusable(blob) {

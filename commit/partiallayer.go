@@ -138,3 +138,130 @@ func (p *partialProgress) fetched(n int) {
 		f.reported, p.last = f.bytes, now
 	}
 }
+
+// awaitSharedFiles waits, before the partial pull of f's layer, for the
+// commits of layers in flight that hold some of its files
+// (sharingFlightLocked): of the layers below it in its image, and, if no
+// other pull waits for f's layer (it has no reason to hurry), of other
+// images' layers that others need. Its differ then finds those files in
+// the store instead of fetching them again. Layers with many of the same
+// files are ordered in their lookups already (similar.go); these waits,
+// for smaller overlaps and within an image, are made here, in the
+// background, where they hold up nothing else of the image, and are in the
+// wait graph (invariant 3) until they end.
+func (s *Store) awaitSharedFiles(ctx context.Context, f *wholeFetch) error {
+	img := s.image
+	c := img.c
+	blob := f.info.Digest
+	ownOnly := c.needed(blob)
+	for {
+		c.mu.Lock()
+		other, fl := c.sharingFlightLocked(img, blob, ownOnly)
+		if fl == nil {
+			c.mu.Unlock()
+			return nil
+		}
+		if fl.owner != img {
+			c.addWaitLocked(img, fl.owner, +1)
+		}
+		c.mu.Unlock()
+		f.waiting.Store(true) // the layer's commit lends its slot meanwhile
+		event := WaitEvent{Blob: blob, Owner: fl.ownerName(), Similar: other, AtCommit: true}
+		img.hooks.WaitStarted(event)
+		start := time.Now()
+		event.End = img.awaitUntil(ctx, other, fl)
+		event.Waited = time.Since(start)
+		if fl.owner != img {
+			c.mu.Lock()
+			c.addWaitLocked(img, fl.owner, -1)
+			c.mu.Unlock()
+		}
+		f.waiting.Store(false)
+		img.hooks.WaitEnded(event)
+		if event.End == Cancelled {
+			return ctx.Err()
+		}
+	}
+}
+
+// needed reports whether pulls other than the one that stages blob's
+// layer wait for it, or may.
+func (c *Coordinator) needed(blob digest.Digest) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.neededLocked(blob)
+}
+
+// neededLocked is needed with c.mu held: another image of the run has the
+// blob, or a layer with many of its files (similar.go) is still to be
+// pulled (not claimed, not committed) and may wait for it.
+func (c *Coordinator) neededLocked(blob digest.Digest) bool {
+	if c.needs[blob] > 1 {
+		return true
+	}
+	for _, l := range c.sim.waiters[blob] {
+		if c.flights[l] == nil && !c.committedBlobs[l] {
+			return true
+		}
+	}
+	return false
+}
+
+// stagingGate orders the partial pulls of a run by who waits for them.
+// Staging a layer is CPU work (zstd, sha256 and crc64 over every file, and
+// containers/storage's rebuild of the tar to compute the DiffID, on one
+// core), and the pulls that wait for a layer (a shared base) wait for all
+// of it. Started together with layers nobody waits for, that layer gets a
+// share of the cores and ends last, and every image's commits wait for
+// it. So while a layer others need is being staged, a partial pull that
+// nobody waits for starts only when fewer partial pulls than cores are
+// under way: it fills a core the others leave idle (the one-core end of a
+// base's staging), and takes none from them. At other times only --jobs
+// bounds partial pulls.
+//
+// A pull enters the gate holding its --jobs slot, so every pull counted
+// under way holds one and ends without waiting for anything: the gate
+// never holds up a pull the counted ones need.
+type stagingGate struct {
+	cores int
+
+	mu      sync.Mutex
+	running int           // partial pulls under way
+	needed  int           // of which others wait for
+	changed chan struct{} // closed, and replaced, when one ends
+}
+
+func newStagingGate(cores int) *stagingGate {
+	return &stagingGate{cores: cores, changed: make(chan struct{})}
+}
+
+// enter waits until a partial pull may start (needed: others wait for its
+// layer) and counts it under way; leave ends it.
+func (g *stagingGate) enter(ctx context.Context, needed bool) (leave func(), err error) {
+	g.mu.Lock()
+	for !needed && g.needed > 0 && g.running >= g.cores {
+		changed := g.changed
+		g.mu.Unlock()
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		g.mu.Lock()
+	}
+	g.running++
+	if needed {
+		g.needed++
+	}
+	g.mu.Unlock()
+	return func() {
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		g.running--
+		if needed {
+			g.needed--
+		}
+		close(g.changed)
+		g.changed = make(chan struct{})
+	}, nil
+}

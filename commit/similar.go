@@ -45,6 +45,7 @@ type similarity struct {
 	total   map[digest.Digest]int64           // layer blob → its file bytes
 	similar map[digest.Digest][]digest.Digest // layer blob → layers with similarShare of its file bytes
 	saves   map[digest.Digest]int64           // layer blob → file bytes the layers similar to it share with it
+	waiters map[digest.Digest][]digest.Digest // layer blob → layers it is similar to (which may wait for it)
 }
 
 // newSimilarity finds the similar layers among files, the files of each
@@ -59,6 +60,7 @@ func newSimilarity(files map[digest.Digest]Files) similarity {
 	s := similarity{
 		shared: map[digest.Digest]Files{}, total: map[digest.Digest]int64{},
 		similar: map[digest.Digest][]digest.Digest{}, saves: map[digest.Digest]int64{},
+		waiters: map[digest.Digest][]digest.Digest{},
 	}
 	for blob, own := range files {
 		var total int64
@@ -83,6 +85,7 @@ func newSimilarity(files map[digest.Digest]Files) similarity {
 			if total > 0 && float64(n) >= similarShare*float64(total) {
 				s.similar[blob] = append(s.similar[blob], other)
 				s.saves[other] += n
+				s.waiters[other] = append(s.waiters[other], blob)
 			}
 		}
 	}
@@ -119,18 +122,74 @@ func (c *Coordinator) similarFlightLocked(img *Image, blob digest.Digest) (diges
 // run has: once a third layer brought the files they share, waiting for
 // other saves nothing. c.mu must be held.
 func (c *Coordinator) worthWaitingLocked(blob, other digest.Digest) bool {
+	return float64(c.gainLocked(blob, other)) >= similarShare*float64(c.sim.total[blob])
+}
+
+// gainLocked returns the file bytes of blob's layer that other's would
+// bring into the store: the files they share that no layer committed in
+// this run has. c.mu must be held.
+func (c *Coordinator) gainLocked(blob, other digest.Digest) int64 {
 	var gain int64
 	for f, size := range c.sim.shared[blob] {
 		if _, ok := c.sim.shared[other][f]; ok && !c.storedFiles[f] {
 			gain += size
 		}
 	}
-	return float64(gain) >= similarShare*float64(c.sim.total[blob])
+	return gain
+}
+
+// sharedShare: a layer that no other pull waits for waits, before its
+// partial pull, for a layer in flight with at least this fraction of its
+// file bytes (Store.awaitSharedFiles).
+const sharedShare = 0.02
+
+// sharingFlightLocked returns a flight of a layer that still brings
+// sharedShare of blob's file bytes, that img may wait for before it pulls
+// blob's layer: a layer below it in img (its commit comes first anyway),
+// or, unless ownOnly, a layer of another image of this process that other
+// pulls need too (neededLocked: the staging gate lets those go first, so
+// a wait for one is short; waits for layers nobody needs would chain them
+// one behind the other) and img may wait for (no cycle: invariant 3). It
+// returns nil if there is none. c.mu must be held.
+func (c *Coordinator) sharingFlightLocked(img *Image, blob digest.Digest, ownOnly bool) (digest.Digest, *flight) {
+	if len(c.sim.shared[blob]) == 0 {
+		return "", nil
+	}
+	for other, f := range c.flights {
+		switch {
+		case other == blob || f.owner == nil:
+			continue
+		case f.owner == img:
+			if !img.isBelow(other, blob) {
+				continue
+			}
+		case ownOnly || !c.neededLocked(other) || !c.mayWaitLocked(img, other, f):
+			continue
+		}
+		if float64(c.gainLocked(blob, other)) >= sharedShare*float64(c.sim.total[blob]) {
+			return other, f
+		}
+	}
+	return "", nil
+}
+
+// isBelow reports whether lower is a layer below upper in img.
+func (img *Image) isBelow(lower, upper digest.Digest) bool {
+	for _, l := range img.layers {
+		switch l {
+		case upper:
+			return false
+		case lower:
+			return true
+		}
+	}
+	return false
 }
 
 // filesCommittedLocked records that blob's layer is in the store, with
 // its files. c.mu must be held.
 func (c *Coordinator) filesCommittedLocked(blob digest.Digest) {
+	c.committedBlobs[blob] = true
 	for f := range c.sim.shared[blob] {
 		c.storedFiles[f] = true
 	}

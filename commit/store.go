@@ -51,7 +51,13 @@ func (s *Store) LayersByCompressedDigest(d digest.Digest) ([]storage.Layer, erro
 				missing = append(missing, b)
 			}
 		}
-		switch s.image.claimOrWait(d, missing, s.image.c.shared(d)) {
+		var atCommit *wholeFetch // the layer, if a wait for it can be made at its commit
+		if w := s.image.whole; w != nil && w.Partial != nil && !s.image.sharedAbove(d) {
+			atCommit = s.ownLayer(d)
+		}
+		switch decision, f := s.image.decide(d, missing, s.image.c.shared(d), atCommit != nil); decision {
+		case waitAtCommit:
+			return []storage.Layer{s.startCommitWait(atCommit, f)}, nil
 		case lookAgain:
 			// A partial pull's layer has no compressed digest, so this may
 			// still miss; containers/image then finds it by TOC or DiffID.

@@ -27,7 +27,7 @@ import (
 // cores limit (gzip inflates at about 250 MiB/s per core on these machines)
 // that first decompression is a third of the CPU, and containers/image has
 // no option to skip it. So when a pull claims a whole layer (gzip, zstd or
-// uncompressed; zstd:chunked is pulled partially by containers/image), the
+// uncompressed; herd pulls zstd:chunked partially, partiallayer.go), the
 // Store answers containers/image's lookup with the layer it is about to
 // make, and fetches the blob itself in the background, through
 // containers/image's own ImageSource (its registry client, credentials,
@@ -44,9 +44,10 @@ import (
 // config's DiffIDs (layerChain). So herd reads each image's config once
 // more than containers/image does (a few KiB), and leaves to
 // containers/image every layer with a zstd:chunked layer at or below it
-// (its layer IDs come from TOC digests), every image that lists a blob
-// twice (invariant 7), and (the pull engine decides) encrypted and foreign
-// layers. A layer whose ID is in the store already (the same content in
+// when herd does not pull those partially itself (containers/image may
+// name a layer it pulls partially by its TOC digest), every image that
+// lists a blob twice (invariant 7), and (the pull engine decides)
+// encrypted and foreign layers. A layer whose ID is in the store already (the same content in
 // another compression) is left to containers/image too, which finds it by
 // that ID once it has fetched the blob.
 //
@@ -54,8 +55,10 @@ import (
 // stays the image's until the layer is committed or the image's copy.Image
 // returns (the "skipped" event of the reuse ends nothing, Image.Progress);
 // the fetch takes a --jobs slot of its own (WholeLayers.Slot), or the one
-// of the commit that waits for it (takeSlot), and needs nothing from
-// another pull. One thing changes for the image's other layers:
+// of the commit that waits for it (takeSlot), and once it has it needs
+// nothing from another pull (a partial pull's waits for layers with some
+// of its files come before, in the wait graph: partiallayer.go). One thing
+// changes for the image's other layers:
 // containers/image commits the layers queued above a layer inside the call
 // that commits it, so a lower layer's "done" or "skipped" event may come
 // only once the fetches of the whole layers above it have ended.
@@ -109,6 +112,8 @@ type wholeFetch struct {
 	fetched    chan struct{}                   // closed when the fetch has ended
 	handoff    chan struct{}                   // the layer's commit lends the fetch its slot
 	ownSlot    atomic.Bool                     // the fetch holds a slot of its own
+	waiting    atomic.Bool                     // for another pull's fetch, at the layer's commit (commitwait.go)
+	found      bool                            // that wait ended with the layer in the store
 	file       *os.File                        // the checked blob, once fetched whole
 	staged     *drivers.DriverWithDifferOutput // the staged layer, once pulled partially
 	store      storage.Store                   // where it is staged
@@ -158,15 +163,42 @@ func (img *Image) WholeLayerError() error {
 	return img.wholeErr
 }
 
-// startWholeFetch starts fetching blob, which this image has claimed, if it
-// is a whole layer herd can apply itself; it returns nil if not.
+// startWholeFetch starts fetching blob, which this image has claimed, if
+// herd can pull its layer itself (ownLayer); it returns nil if not.
 func (s *Store) startWholeFetch(blob digest.Digest) *wholeFetch {
+	f := s.ownLayer(blob)
+	if f == nil {
+		return nil
+	}
+	img := s.image
+	img.register(f, true)
+	how := "whole-layer fetch"
+	if f.partial {
+		how = "partial pull"
+	}
+	logrus.Debugf("%s: fetching blob %s itself, for layer %s (%s)", img.name, blob, f.id, how)
+	img.wholeRunning.Add(1)
+	go func() {
+		defer img.wholeRunning.Done()
+		defer close(f.fetched)
+		f.err = s.fetch(f)
+		if f.err == nil {
+			img.hooks.CommitStarted(blob) // fetched: the rest is the commit's
+		}
+	}()
+	return f
+}
+
+// ownLayer returns the layer this image makes from blob, not yet fetched,
+// if herd can pull it itself: whole, or partially (FetchedByHerd), with
+// the ID containers/image will ask for; nil if not.
+func (s *Store) ownLayer(blob digest.Digest) *wholeFetch {
 	img := s.image
 	w := img.whole
 	if w == nil || img.WholeLayerError() != nil {
 		return nil // after a failure, containers/image reports it (Store.Layer)
 	}
-	index, whole := WholeLayerIndex(img.planned, blob, w.Partial != nil)
+	index, whole := FetchedByHerd(img.planned, blob, w.Partial != nil)
 	if !whole || blob.Validate() != nil || s.Store.PullOptions()["convert_images"] == "true" {
 		// Or containers/image is to convert layers to zstd:chunked as it
 		// pulls them (storage.conf).
@@ -191,41 +223,34 @@ func (s *Store) startWholeFetch(blob digest.Digest) *wholeFetch {
 		}
 		f.partial, f.info = true, w.Layers[index] // with the annotations pkg/chunked reads
 	}
+	return f
+}
+
+// register makes f the layer that containers/image's commit of f's ID
+// gets (Store.Layer); fetching says that herd fetches its blob (its
+// progress events are herd's, Image.Progress).
+func (img *Image) register(f *wholeFetch, fetching bool) {
 	img.mu.Lock()
+	defer img.mu.Unlock()
 	if img.wholeFetches == nil {
 		img.wholeFetches = map[string]*wholeFetch{}
 		img.wholeBlobs = map[digest.Digest]bool{}
 	}
-	img.wholeFetches[id] = f
-	img.wholeBlobs[blob] = true
-	img.mu.Unlock()
-	how := "whole-layer fetch"
-	if f.partial {
-		how = "partial pull"
+	img.wholeFetches[f.id] = f
+	if fetching {
+		img.wholeBlobs[f.info.Digest] = true
 	}
-	logrus.Debugf("%s: fetching blob %s itself, for layer %s (%s)", img.name, blob, id, how)
-	img.wholeRunning.Add(1)
-	go func() {
-		defer img.wholeRunning.Done()
-		defer close(f.fetched)
-		f.err = s.fetch(f)
-		if f.err == nil {
-			img.hooks.CommitStarted(blob) // fetched: the rest is the commit's
-		}
-	}()
-	return f
 }
 
-// WholeLayerIndex returns blob's index among an image's planned layers,
-// and whether herd fetches it itself when the image claims it (the pull
-// engine's dry run asks the same): a layer of the manifest in an image
-// that lists no blob twice (invariant 7: its one copy at a time holds its
-// only slot), and, unless herd pulls zstd:chunked layers partially itself
-// (partial), with no zstd:chunked layer at or below it: containers/image
-// would pull those partially, and its layer IDs for a layer it pulls that
-// way, and the layers above, are not the chain of DiffIDs when
-// containers/storage does not compute the layer's DiffID.
-func WholeLayerIndex(layers []Layer, blob digest.Digest, partial bool) (int, bool) {
+// FetchedByHerd returns blob's index among an image's planned layers, and
+// whether herd fetches it itself, whole or partially, when the image
+// claims it (the pull engine's dry run asks the same): a layer of the
+// manifest in an image that lists no blob twice (invariant 7: its one copy
+// at a time holds its only slot), and, unless herd pulls zstd:chunked
+// layers partially itself (partial), with no zstd:chunked layer at or
+// below it: containers/image may name a layer it pulls partially by its
+// TOC digest, and the layers above it by that name.
+func FetchedByHerd(layers []Layer, blob digest.Digest, partial bool) (int, bool) {
 	if listsTwice(layers) {
 		return -1, false
 	}
@@ -262,11 +287,23 @@ func layerChain(diffIDs []digest.Digest) (parent, id string) {
 // file.
 func (s *Store) fetch(f *wholeFetch) error {
 	ctx := s.image.wholeCtx
+	if f.partial {
+		if err := s.awaitSharedFiles(ctx, f); err != nil {
+			return err
+		}
+	}
 	release, err := s.takeSlot(ctx, f)
 	if err != nil {
 		return err
 	}
 	defer release()
+	if f.partial {
+		leave, err := s.image.c.stagings.enter(ctx, s.image.c.needed(f.info.Digest))
+		if err != nil {
+			return err
+		}
+		defer leave()
+	}
 	s.image.whole.Progress(types.ProgressProperties{Event: types.ProgressEventNewArtifact, Artifact: f.info})
 	if f.partial {
 		err := s.stage(ctx, f)
@@ -343,7 +380,7 @@ func (s *Store) Layer(id string) (*storage.Layer, error) {
 		return s.Store.Layer(id)
 	}
 	layer, err := s.applyWhole(f)
-	if err != nil {
+	if err != nil && !f.found {
 		err = &FetchError{Blob: f.info.Digest, Fetched: f.err == nil, Err: err}
 		img.mu.Lock()
 		if img.wholeErr == nil {
@@ -361,7 +398,7 @@ func (s *Store) applyWhole(f *wholeFetch) (*storage.Layer, error) {
 	select {
 	case <-f.fetched:
 	default:
-		if f.ownSlot.Load() {
+		if f.ownSlot.Load() || f.waiting.Load() {
 			// This commit's slot idles while it waits: the run may use it.
 			reclaim := w.Lend()
 			<-f.fetched
@@ -376,6 +413,11 @@ func (s *Store) applyWhole(f *wholeFetch) (*storage.Layer, error) {
 	}
 	if f.err != nil {
 		return nil, f.err
+	}
+	if f.found {
+		// Committed by another pull: this ID, or containers/image copies
+		// the layer it finds under another one.
+		return s.Store.Layer(f.id)
 	}
 	if f.staged != nil {
 		return s.applyStaged(f)

@@ -73,7 +73,7 @@ func (p *Plain) Observe(e pull.Event) {
 		fmt.Fprintf(p.w, "%s: resolved to %s%s, %d %s: pulling\n", name, resolved, platform, len(r.Layers), layers)
 	case pull.EventLayerWaiting:
 		if e.Similar != "" {
-			fmt.Fprintf(p.w, "%s: blob %s: waiting for %s, which is fetching %s, a layer with many of the same files\n", name, shortDigest(e.Blob), e.Owner, shortDigest(e.Similar))
+			fmt.Fprintf(p.w, "%s: blob %s: waiting for %s, which is fetching %s, a layer with files in common\n", name, shortDigest(e.Blob), e.Owner, shortDigest(e.Similar))
 			break
 		}
 		fmt.Fprintf(p.w, "%s: blob %s: waiting for %s, which is fetching it\n", name, shortDigest(e.Blob), e.Owner)

@@ -43,31 +43,40 @@ func (ip *imagePull) markAt(blob digest.Digest, field func(t *LayerTiming) *time
 }
 
 // waitStarted: the image waits for w.Owner's fetch of w.Blob (or of
-// w.Similar). While it waits it lends the run the slots it may hold
-// (pull/slots.go, commit's invariant 4), and its watchdog judges nothing
-// (containers/image holds the image's lock).
+// w.Similar). While it waits in a lookup it lends the run the slots it may
+// hold (pull/slots.go, commit's invariant 4), and its watchdog judges
+// nothing (containers/image holds the image's lock). A wait at the layer's
+// commit holds up nothing else of the image, and the commit lends its own
+// slot.
 func (ip *imagePull) waitStarted(wd *watchdog, w commit.WaitEvent) {
-	wd.waitStarted()
 	ip.mark(w.Blob, func(t *LayerTiming) *time.Duration { return &t.WaitStart })
-	ip.mu.Lock()
-	if ip.waits++; ip.waits == 1 {
-		ip.lent = ip.slots.lend(int64(len(ip.target.layers)))
+	if !w.AtCommit {
+		wd.waitStarted()
+		ip.mu.Lock()
+		if ip.waits++; ip.waits == 1 {
+			ip.lent = ip.slots.lend(int64(len(ip.target.layers)))
+		}
+		ip.mu.Unlock()
 	}
-	ip.mu.Unlock()
 	ip.emit(Event{Kind: EventLayerWaiting, Blob: w.Blob, Owner: w.Owner, Similar: w.Similar})
 }
 
-// waitEnded: the wait for w.Blob ended; the last one takes the slots back.
+// waitEnded: the wait for w.Blob ended; the last one in a lookup takes the
+// slots back.
 func (ip *imagePull) waitEnded(wd *watchdog, w commit.WaitEvent) {
-	wd.waitEnded()
 	ip.markAt(w.Blob, func(t *LayerTiming) *time.Duration { return &t.WaitEnd }, true)
+	if !w.AtCommit {
+		wd.waitEnded()
+	}
 	ip.mu.Lock()
 	if w.Similar == "" { // else the layer is still to be fetched
 		ip.waitEnds[w.Blob] = w.End
 	}
-	if ip.waits--; ip.waits == 0 {
-		ip.slots.reclaim(ip.lent)
-		ip.lent = 0
+	if !w.AtCommit {
+		if ip.waits--; ip.waits == 0 {
+			ip.slots.reclaim(ip.lent)
+			ip.lent = 0
+		}
 	}
 	ip.mu.Unlock()
 	if w.Similar != "" {

@@ -97,7 +97,7 @@ func (t *target) fetchesWhole(blob digest.Digest, store storage.Store) bool {
 	if t.source == nil || !t.mayFetchWhole(t.source.opened) {
 		return false
 	}
-	_, whole := commit.WholeLayerIndex(planLayers(t), blob, herdPullsPartially(store, t.source.opened))
+	_, whole := commit.FetchedByHerd(planLayers(t), blob, herdPullsPartially(store, t.source.opened))
 	return whole
 }
 

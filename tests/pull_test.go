@@ -207,7 +207,7 @@ func TestSimilarLayerPulledWhenTheOtherImageFails(t *testing.T) {
 	if r.code != 1 {
 		t.Fatalf("exit status %d, want 1\n%s", r.code, r.stderr)
 	}
-	if !strings.Contains(r.stderr, "a layer with many of the same files") {
+	if !strings.Contains(r.stderr, "a layer with files in common") {
 		t.Errorf("b did not wait for a's similar layer:\n%s", r.stderr)
 	}
 	if !strings.Contains(r.stderr, a.Ref) {

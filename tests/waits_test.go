@@ -361,3 +361,53 @@ func TestOwnerFailureInAFleetNeverDeadlocks(t *testing.T) {
 		checkStore(t, e.store())
 	}
 }
+
+// Issue 11: an image that waits for another pull's fetch of a layer they
+// share waits at that layer's commit (commit/commitwait.go): its own
+// layers are fetched meanwhile, where a wait in containers/image's lookup
+// held them up until the shared layer was in the store.
+func TestWaitingImageFetchesItsOwnLayers(t *testing.T) {
+	for _, comp := range []string{"gzip", "zstd:chunked"} {
+		t.Run(comp, func(t *testing.T) {
+			e := newEnv(t, testregistry.Options{})
+			shared := testimage.RandomLayer(61, 8, 16*kib)
+			a := e.push("goes-on-a:1", testimage.Image{Layers: []testimage.Layer{shared, ownLayer(62)}}, comp)
+			b := e.push("goes-on-b:1", testimage.Image{Layers: []testimage.Layer{shared, ownLayer(63)}}, comp)
+			// The shared blob comes slowly, so that whoever waits for it
+			// waits long enough to show what it does meanwhile.
+			slow := a.Layers[0].Digest
+			e.reg.SetBlobHook(func(w http.ResponseWriter, req *http.Request, d digest.Digest) bool {
+				if d == slow {
+					time.Sleep(time.Second)
+				}
+				return false
+			})
+			s, r := e.summary("-j", "4", a.Ref, b.Ref)
+			if r.code != 0 {
+				t.Fatalf("herd exited %d\n%s", r.code, r.stderr)
+			}
+			waited := 0
+			for _, img := range s.Images {
+				base, own := img.Layers[0], img.Layers[1]
+				if base.How != "waited" {
+					continue
+				}
+				waited++
+				t.Logf("%s: waited for the shared layer from %.3f to %.3f s; fetched its own from %.3f to %.3f s", img.Inputs[0], base.WaitStart, base.WaitEnd, own.FetchStart, own.FetchEnd)
+				if own.How != "fetched" && own.How != "partial" || own.FetchStart == 0 {
+					t.Fatalf("%s: own layer %s obtained %q, with no fetch start", img.Inputs[0], own.Digest, own.How)
+				}
+				if own.FetchStart >= base.WaitEnd {
+					t.Errorf("%s: its own layer's fetch started at %.3f s, after its wait for the shared layer ended (%.3f s): the wait held it up", img.Inputs[0], own.FetchStart, base.WaitEnd)
+				}
+			}
+			if waited != 1 {
+				t.Fatalf("%d images waited for the shared layer, want 1\n%s", waited, r.stderr)
+			}
+			checkServedOnce(t, e, comp, []testimage.Pushed{a, b}, s, "the run")
+			e.verifyImage(a)
+			e.verifyImage(b)
+			checkStore(t, e.store())
+		})
+	}
+}
