@@ -1,8 +1,6 @@
 package commit
 
 import (
-	"time"
-
 	digest "github.com/opencontainers/go-digest"
 	"github.com/sirupsen/logrus"
 	"go.podman.io/image/v5/types"
@@ -86,8 +84,7 @@ func (s *Store) awaitAtCommit(layer *wholeFetch, fl *flight) error {
 	blob := layer.info.Digest
 	for {
 		if fl != nil {
-			end := s.waitAtCommit(blob, fl)
-			if end == Cancelled {
+			if img.waitOut(img.wholeCtx, blob, blob, fl, true) == Cancelled {
 				return img.wholeCtx.Err()
 			}
 		}
@@ -118,25 +115,6 @@ func (s *Store) awaitAtCommit(layer *wholeFetch, fl *flight) error {
 		}
 		return err
 	}
-}
-
-// waitAtCommit makes one wait for fl, which decide has put in the wait
-// graph, reports it, and takes it out of the graph.
-func (s *Store) waitAtCommit(blob digest.Digest, fl *flight) WaitEnd {
-	img := s.image
-	event := WaitEvent{Blob: blob, Owner: fl.ownerName(), AtCommit: true}
-	img.hooks.WaitStarted(event)
-	start := time.Now()
-	event.End = img.awaitUntil(img.wholeCtx, blob, fl)
-	event.Waited = time.Since(start)
-	img.c.mu.Lock()
-	img.c.addWaitLocked(img, fl.owner, -1)
-	img.c.mu.Unlock()
-	img.mu.Lock()
-	img.waitEnds[blob] = event.End
-	img.mu.Unlock()
-	img.hooks.WaitEnded(event)
-	return event.End
 }
 
 // commitWaitEnded records the end of blob's wait at its commit: found, the

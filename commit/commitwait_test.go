@@ -105,35 +105,26 @@ func TestSharingFlights(t *testing.T) {
 	if !c.needed(blobA) || c.needed(blobC) {
 		t.Fatalf("needed: A %v, C %v; want A (two images have it) and not C", c.needed(blobA), c.needed(blobC))
 	}
-	c.mu.Lock()
-	other, f := c.sharingFlightLocked(cImg, blobC, false)
-	c.mu.Unlock()
-	if other != blobA || f == nil {
+	sharing := func(img *Image, blob digest.Digest, ownOnly bool) digest.Digest {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		other, _ := c.sharingFlightLocked(img, blob, ownOnly)
+		return other
+	}
+	if other := sharing(cImg, blobC, false); other != blobA {
 		t.Errorf("C, which nobody else needs, waits for %q, want A (in flight, needed, with one of its files)", other)
 	}
-	c.mu.Lock()
-	other, _ = c.sharingFlightLocked(cImg, blobC, true)
-	c.mu.Unlock()
-	if other != "" {
+	if other := sharing(cImg, blobC, true); other != "" {
 		t.Errorf("C, with ownOnly, waits for %s of another image", other)
 	}
-	c.mu.Lock()
-	other, _ = c.sharingFlightLocked(a, blobB, true)
-	c.mu.Unlock()
-	if other != blobA {
+	if other := sharing(a, blobB, true); other != blobA {
 		t.Errorf("B waits for %q, want A, below it in its own image", other)
 	}
-	c.mu.Lock()
-	other, _ = c.sharingFlightLocked(a, blobA, true)
-	c.mu.Unlock()
-	if other != "" {
+	if other := sharing(a, blobA, true); other != "" {
 		t.Errorf("A waits for %s, which is above it in its own image", other)
 	}
 	c.committed(blobA)
-	c.mu.Lock()
-	other, _ = c.sharingFlightLocked(cImg, blobC, false)
-	c.mu.Unlock()
-	if other != "" {
+	if other := sharing(cImg, blobC, false); other != "" {
 		t.Errorf("C waits for %s once A is committed", other)
 	}
 }

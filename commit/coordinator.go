@@ -876,20 +876,29 @@ func (img *Image) waitSimilar(blob, other digest.Digest, f *flight) WaitEnd {
 }
 
 // waitFor waits for f, another pull's flight of flown, on behalf of this
-// pull's layer blob.
+// pull's layer blob. It is called with c.mu held, and releases it.
 func (img *Image) waitFor(blob, flown digest.Digest, f *flight) WaitEnd {
 	c := img.c
 	c.addWaitLocked(img, f.owner, +1)
 	c.leadDecidedLocked(img, true)
 	c.mu.Unlock()
+	return img.waitOut(img.ctx, blob, flown, f, false)
+}
 
-	event := WaitEvent{Blob: blob, Owner: f.ownerName()}
+// waitOut makes a wait that is in the wait graph (invariant 3): for f, the
+// flight of flown, on behalf of this pull's layer blob, until ctx ends,
+// made at the layer's commit or before its partial pull if atCommit
+// (commitwait.go, partiallayer.go); it reports the wait, takes it out of
+// the graph, and says how it ended.
+func (img *Image) waitOut(ctx context.Context, blob, flown digest.Digest, f *flight, atCommit bool) WaitEnd {
+	c := img.c
+	event := WaitEvent{Blob: blob, Owner: f.ownerName(), AtCommit: atCommit}
 	if flown != blob {
 		event.Similar = flown
 	}
 	start := time.Now()
 	img.hooks.WaitStarted(event)
-	event.End = img.await(flown, f)
+	event.End = img.awaitUntil(ctx, flown, f)
 	event.Waited = time.Since(start)
 	c.mu.Lock()
 	c.addWaitLocked(img, f.owner, -1)

@@ -161,24 +161,12 @@ func (s *Store) awaitSharedFiles(ctx context.Context, f *wholeFetch) error {
 			c.mu.Unlock()
 			return nil
 		}
-		if fl.owner != img {
-			c.addWaitLocked(img, fl.owner, +1)
-		}
+		c.addWaitLocked(img, fl.owner, +1) // a layer of img's own: a loop, which no check follows
 		c.mu.Unlock()
 		f.waiting.Store(true) // the layer's commit lends its slot meanwhile
-		event := WaitEvent{Blob: blob, Owner: fl.ownerName(), Similar: other, AtCommit: true}
-		img.hooks.WaitStarted(event)
-		start := time.Now()
-		event.End = img.awaitUntil(ctx, other, fl)
-		event.Waited = time.Since(start)
-		if fl.owner != img {
-			c.mu.Lock()
-			c.addWaitLocked(img, fl.owner, -1)
-			c.mu.Unlock()
-		}
+		end := img.waitOut(ctx, blob, other, fl, true)
 		f.waiting.Store(false)
-		img.hooks.WaitEnded(event)
-		if event.End == Cancelled {
+		if end == Cancelled {
 			return ctx.Err()
 		}
 	}
