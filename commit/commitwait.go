@@ -43,7 +43,10 @@ import (
 // commit only for a layer with no layer above it that another image of
 // the run needs (sharedAbove): an image's topmost shared layer, typically
 // its base below its own layers. Waits for another process's flight stay
-// in the lookup (invariant 8).
+// in the lookup (invariant 8), and so do all waits while other herd
+// processes pull into the store: an image that waits at a commit claims
+// the layers above it early, and invariant 8's reasoning about cycles
+// across processes, which no process can see whole, assumes it cannot.
 
 // commitWait is the state of a wait made at its layer's commit, for the
 // progress events of the layer's blob.
