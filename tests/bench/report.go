@@ -220,7 +220,7 @@ func (res *results) markdown(b *strings.Builder) {
 		for k := range res.cells {
 			if res.isTimelineKey(k) && timelineName(k) == name {
 				fmt.Fprintf(b, "\n%s.png pictures herd's first run of %s %s %s -j %d from its JSON summary (%s.json): "+
-					"a row per image, a lane per layer, bars for queued (for a -j slot), fetching, waiting for another image's fetch and committing.\n",
+					"a row per image, a lane per layer, bars for queued (for a -j slot or a core), fetching, waiting for another image's fetch and committing.\n",
 					name, k.set, k.compression, limitName(k.limit), k.contender.jobs, name)
 			}
 		}

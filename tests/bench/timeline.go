@@ -48,7 +48,7 @@ type timelineLayer struct {
 
 // The kinds of bar, in legend order.
 const (
-	barQueued     = "queued (for a -j slot)"
+	barQueued     = "queued (for a -j slot or a core)"
 	barFetching   = "fetching"
 	barWaiting    = "waiting for another image's fetch"
 	barCommitting = "committing"
@@ -73,7 +73,9 @@ type timelineBar struct {
 
 // timelineBars computes the bars of a summary: queued from queued to the
 // first of fetchStart and waitStart, or to committed for a layer found in
-// the store (its lookup, too, waited for a -j slot); fetching
+// the store (its lookup, too, waited for a -j slot), and again from
+// waitEnd to a later fetchStart (a layer that waited for one with files in
+// common, then for a slot or for herd's staging gate); fetching
 // fetchStart→fetchEnd; waiting waitStart→waitEnd; committing from the later
 // of fetchEnd and waitEnd to committed. A span that started and never
 // ended (a failed or interrupted run) ends at the run's end.
@@ -97,6 +99,9 @@ func timelineBars(s timelineSummary) []timelineBar {
 			}
 			add(barFetching, l.FetchStart, l.FetchEnd)
 			add(barWaiting, l.WaitStart, l.WaitEnd)
+			if l.WaitEnd > 0 && l.FetchStart > l.WaitEnd {
+				add(barQueued, l.WaitEnd, l.FetchStart)
+			}
 			if got := max(l.FetchEnd, l.WaitEnd); got > 0 {
 				add(barCommitting, got, l.Committed)
 			}

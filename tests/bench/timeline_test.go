@@ -14,8 +14,9 @@ import (
 // A hand-made summary of three images sharing a base layer: app1 fetched
 // the base and its own layer, app2 waited for app1's base fetch (its own
 // layer queued for a -j slot first), app3 started once the base was in the
-// store and reused it; as `herd pull --format json` writes it, with the
-// times that did not happen left out.
+// store and reused it; app4's own layer waited for a layer with files in
+// common, then queued, then was fetched; as `herd pull --format json`
+// writes it, with the times that did not happen left out.
 const timelineJSON = `{"herdVersion": "test", "images": [
  {"inputs": ["127.0.0.1:5000/real/gzip/app1:latest"], "reference": "127.0.0.1:5000/real/gzip/app1:latest", "layers": [
    {"digest": "sha256:aa", "size": 10, "how": "fetched", "fetchedBytes": 10, "queued": 0.01, "fetchStart": 0.02, "fetchEnd": 1.5, "committed": 2.25},
@@ -24,7 +25,9 @@ const timelineJSON = `{"herdVersion": "test", "images": [
    {"digest": "sha256:aa", "size": 10, "how": "waited", "fetchedBytes": 0, "waitEnded": "committed", "queued": 0.01, "waitStart": 0.05, "waitEnd": 2.25, "committed": 2.3},
    {"digest": "sha256:cc", "size": 7, "how": "fetched", "fetchedBytes": 7, "queued": 0.01, "fetchStart": 1.0, "fetchEnd": 2.0, "committed": 2.75}]},
  {"inputs": ["127.0.0.1:5000/real/gzip/app3:latest"], "reference": "127.0.0.1:5000/real/gzip/app3:latest", "layers": [
-   {"digest": "sha256:aa", "size": 10, "how": "reused", "fetchedBytes": 0, "queued": 0.01, "committed": 2.4}]}],
+   {"digest": "sha256:aa", "size": 10, "how": "reused", "fetchedBytes": 0, "queued": 0.01, "committed": 2.4}]},
+ {"inputs": ["127.0.0.1:5000/real/gzip/app4:latest"], "reference": "127.0.0.1:5000/real/gzip/app4:latest", "layers": [
+   {"digest": "sha256:dd", "size": 8, "how": "partial", "fetchedBytes": 3, "queued": 0.01, "waitStart": 0.05, "waitEnd": 1.0, "fetchStart": 1.5, "fetchEnd": 2.0, "committed": 2.6}]}],
  "totals": {"fetchedBytes": 22, "reusedBytes": 20, "wallSeconds": 2.8, "ok": 3, "failed": 0}}`
 
 func TestTimeline(t *testing.T) {
@@ -39,6 +42,7 @@ func TestTimeline(t *testing.T) {
 		{1, 0, barQueued, 0.01, 0.05}, {1, 0, barWaiting, 0.05, 2.25}, {1, 0, barCommitting, 2.25, 2.3},
 		{1, 1, barQueued, 0.01, 1.0}, {1, 1, barFetching, 1.0, 2.0}, {1, 1, barCommitting, 2.0, 2.75},
 		{2, 0, barQueued, 0.01, 2.4},
+		{3, 0, barQueued, 0.01, 0.05}, {3, 0, barFetching, 1.5, 2.0}, {3, 0, barWaiting, 0.05, 1.0}, {3, 0, barQueued, 1.0, 1.5}, {3, 0, barCommitting, 2.0, 2.6},
 	}
 	if !slices.Equal(got, want) {
 		t.Errorf("bars:\n got %v\nwant %v", got, want)
