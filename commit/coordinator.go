@@ -400,8 +400,9 @@ type Image struct {
 	layers  []digest.Digest // the image's layer blobs, lowest first
 	planned []Layer         // and as the plan has them
 
-	// whole, if set, lets the Store fetch whole layers itself (wholelayer.go).
-	whole        *WholeLayers
+	// whole, if set, lets the Store fetch layers itself (wholelayer.go,
+	// partiallayer.go) and wait at their commits (commitwait.go).
+	whole        *LayerFetches
 	wholeCtx     context.Context // ends the fetches when copy.Image returns
 	wholeCancel  context.CancelFunc
 	wholeRunning sync.WaitGroup
@@ -526,7 +527,7 @@ func (img *Image) Progress(pp types.ProgressProperties) Obtained {
 			img.layerEnded()
 			return obtained
 		}
-		if img.fetchesWhole(pp.Artifact.Digest) {
+		if img.fetchesItself(pp.Artifact.Digest) {
 			// containers/image took the layer herd is fetching as reused:
 			// the fetch goes on, and its flight with it (wholelayer.go).
 			img.layerEnded()
@@ -833,8 +834,8 @@ func (c *Coordinator) mayWaitLocked(img *Image, blob digest.Digest, f *flight) b
 	}
 }
 
-// fetchesWhole reports whether the Store fetches blob itself.
-func (img *Image) fetchesWhole(blob digest.Digest) bool {
+// fetchesItself reports whether the Store fetches blob itself.
+func (img *Image) fetchesItself(blob digest.Digest) bool {
 	img.mu.Lock()
 	defer img.mu.Unlock()
 	return img.wholeBlobs[blob]

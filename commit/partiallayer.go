@@ -30,7 +30,7 @@ import (
 //   - The TOC is read once. herd reads TOCs before the pulls start, to
 //     order layers with many of the same files (similar.go); through
 //     containers/image, pkg/chunked would read each TOC again. herd's
-//     WholeLayers.Partial serves the first read from herd's copy.
+//     LayerFetches.Partial serves the first read from herd's copy.
 //   - One pkg/chunked layers cache for the run. pkg/chunked keeps one per
 //     store value and rebuilds it for each; containers/image gives it the
 //     image's Store, herd the shared store.
@@ -122,7 +122,7 @@ func (s *Store) applyStaged(f *wholeFetch) (*storage.Layer, error) {
 // registry sent.
 type partialProgress struct {
 	fetch *wholeFetch
-	w     *WholeLayers
+	w     *LayerFetches
 
 	mu   sync.Mutex // pkg/chunked may read several streams at once
 	last time.Time  // of the last "read" event

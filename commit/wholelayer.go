@@ -54,7 +54,7 @@ import (
 // The placeholder keeps the invariants of coordinator.go: the blob's flight
 // stays the image's until the layer is committed or the image's copy.Image
 // returns (the "skipped" event of the reuse ends nothing, Image.Progress);
-// the fetch takes a --jobs slot of its own (WholeLayers.Slot), or the one
+// the fetch takes a --jobs slot of its own (LayerFetches.Slot), or the one
 // of the commit that waits for it (takeSlot), and once it has it needs
 // nothing from another pull (a partial pull's waits for layers with some
 // of its files come before, in the wait graph: partiallayer.go). One thing
@@ -63,9 +63,9 @@ import (
 // that commits it, so a lower layer's "done" or "skipped" event may come
 // only once the fetches of the whole layers above it have ended.
 
-// WholeLayers is what an image's Store needs to fetch its whole layers
-// itself (Image.FetchWholeLayers).
-type WholeLayers struct {
+// LayerFetches is what an image's Store needs to fetch its layers itself,
+// whole, or partially with Partial (Image.FetchLayers).
+type LayerFetches struct {
 	// Source is the image's source; only GetBlob is called, from several
 	// goroutines at once (the caller checks HasThreadSafeGetBlob).
 	Source types.ImageSource
@@ -128,10 +128,11 @@ func (f *wholeFetch) placeholder() storage.Layer {
 	return storage.Layer{ID: f.id, Parent: f.parent, CompressedDigest: f.info.Digest, CompressedSize: f.info.Size, UncompressedDigest: f.diffID}
 }
 
-// FetchWholeLayers lets this image's Store fetch the whole layers it claims
-// itself (see above). Call it before copy.Image starts, and EndWholeLayers
-// once it has returned.
-func (img *Image) FetchWholeLayers(w *WholeLayers) {
+// FetchLayers lets this image's Store fetch the layers it claims itself
+// (see above, and partiallayer.go), and make its waits at the layers'
+// commits (commitwait.go). Call it before copy.Image starts, and
+// EndLayerFetches once it has returned.
+func (img *Image) FetchLayers(w *LayerFetches) {
 	if w == nil {
 		return
 	}
@@ -139,9 +140,10 @@ func (img *Image) FetchWholeLayers(w *WholeLayers) {
 	img.wholeCtx, img.wholeCancel = context.WithCancel(img.ctx)
 }
 
-// EndWholeLayers stops the fetches still under way (copy.Image failed
-// before it committed their layers) and removes the files not applied.
-func (img *Image) EndWholeLayers() {
+// EndLayerFetches stops the fetches and waits still under way (copy.Image
+// failed before it committed their layers) and removes the files and
+// staged layers not applied.
+func (img *Image) EndLayerFetches() {
 	if img.whole == nil {
 		return
 	}
@@ -154,10 +156,10 @@ func (img *Image) EndWholeLayers() {
 	}
 }
 
-// WholeLayerError is the first failure of a layer the image's Store fetched
+// LayerFetchError is the first failure of a layer the image's Store fetched
 // itself, or nil. containers/image reports it only as a layer it cannot
 // find ("layer for blob … not found"): the pull engine reports this instead.
-func (img *Image) WholeLayerError() error {
+func (img *Image) LayerFetchError() error {
 	img.mu.Lock()
 	defer img.mu.Unlock()
 	return img.wholeErr
@@ -195,7 +197,7 @@ func (s *Store) startWholeFetch(blob digest.Digest) *wholeFetch {
 func (s *Store) ownLayer(blob digest.Digest) *wholeFetch {
 	img := s.image
 	w := img.whole
-	if w == nil || img.WholeLayerError() != nil {
+	if w == nil || img.LayerFetchError() != nil {
 		return nil // after a failure, containers/image reports it (Store.Layer)
 	}
 	index, whole := FetchedByHerd(img.planned, blob, w.Partial != nil)
@@ -537,7 +539,7 @@ func (e *FetchError) Unwrap() error { return e.Err }
 type blobReader struct {
 	body     io.Reader
 	fetch    *wholeFetch
-	w        *WholeLayers
+	w        *LayerFetches
 	digester digest.Digester
 	last     time.Time // of the last "read" event
 	err      error     // the blob's end, checked: io.EOF, or why the blob is wrong

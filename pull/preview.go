@@ -98,7 +98,7 @@ func Plan(ctx context.Context, inputs []string, opts Options) Preview {
 			} else {
 				img.ToFetch += l.Size
 				p.Totals.ToFetch += l.Size
-				configAgain = configAgain || t.fetchesWhole(l.Digest, opts.Store)
+				configAgain = configAgain || t.fetchesItself(l.Digest, opts.Store)
 			}
 		}
 		if configAgain {

@@ -405,7 +405,7 @@ func (ip *imagePull) copy(ctx context.Context, wd *watchdog) error {
 	}
 
 	progress := make(chan types.ProgressProperties)
-	image.FetchWholeLayers(ip.wholeLayers(ip.target.source.next(ctx, ip.opts.System), progress))
+	image.FetchLayers(ip.layerFetches(ip.target.source.next(ctx, ip.opts.System), progress))
 	drained := make(chan struct{})
 	go func() {
 		defer close(drained)
@@ -429,8 +429,8 @@ func (ip *imagePull) copy(ctx context.Context, wd *watchdog) error {
 	})
 	// containers/image never closes the channel and has stopped sending once
 	// copy.Image returns; herd's own fetches stop here.
-	image.EndWholeLayers()
-	if werr := image.WholeLayerError(); err != nil && werr != nil {
+	image.EndLayerFetches()
+	if werr := image.LayerFetchError(); err != nil && werr != nil {
 		err = werr // containers/image says only that it could not find the layer
 	}
 	close(progress)

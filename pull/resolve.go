@@ -95,7 +95,7 @@ func (r *resolvedSource) NewImageSource(ctx context.Context, sys *types.SystemCo
 // next returns the source the next copy.Image of the image will read: the
 // one resolve opened (or an earlier attempt left unused), or a new one by
 // digest. Opening it before copy.Image lets herd fetch whole layers through
-// the same source while copy.Image runs (wholeLayers). nil if it cannot be
+// the same source while copy.Image runs (layerFetches). nil if it cannot be
 // opened: copy.Image then opens it itself and reports why it cannot.
 func (r *resolvedSource) next(ctx context.Context, sys *types.SystemContext) types.ImageSource {
 	if r == nil { // a target the pull policy keeps

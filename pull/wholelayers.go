@@ -18,15 +18,16 @@ import (
 	"github.com/herd-project/herd/commit"
 )
 
-// wholeLayers lets the attempt's Store fetch the whole layers it claims
-// itself, decompressing each once (commit/wholelayer.go), through src, the
+// layerFetches lets the attempt's Store fetch the layers it claims itself,
+// whole layers decompressed once (commit/wholelayer.go) and zstd:chunked
+// ones partially (commit/partiallayer.go), through src, the
 // source this attempt's copy.Image reads, under the run's --jobs slots;
 // their progress goes where containers/image's goes. It returns nil when
 // src cannot serve blobs to several goroutines at once (some archive
 // transports) or the image has no config (Docker schema 1): then
 // containers/image fetches every layer.
-func (ip *imagePull) wholeLayers(src types.ImageSource, progress chan<- types.ProgressProperties) *commit.WholeLayers {
-	if !ip.target.mayFetchWhole(src) {
+func (ip *imagePull) layerFetches(src types.ImageSource, progress chan<- types.ProgressProperties) *commit.LayerFetches {
+	if !ip.target.mayFetchItself(src) {
 		return nil
 	}
 	config := &configDiffIDs{src: src, config: ip.target.config, counted: func(n int64) {
@@ -34,7 +35,7 @@ func (ip *imagePull) wholeLayers(src types.ImageSource, progress chan<- types.Pr
 		ip.fetched[ip.target.config.Digest] += n
 		ip.mu.Unlock()
 	}}
-	w := &commit.WholeLayers{
+	w := &commit.LayerFetches{
 		Source:  src,
 		DiffIDs: config.get,
 		Cache:   ip.cache,
@@ -74,11 +75,11 @@ func herdPullsPartially(store storage.Store, src types.ImageSource) bool {
 		!strings.EqualFold(store.PullOptions()["insecure_allow_unpredictable_image_contents"], "true")
 }
 
-// mayFetchWhole reports whether herd may fetch the image's whole layers
-// itself through src (wholeLayers): not for an image with an encrypted
+// mayFetchItself reports whether herd may fetch the image's layers itself
+// through src (layerFetches): not for an image with an encrypted
 // layer, or one served from other URLs than the registry's (foreign
 // layers), which containers/image knows how to handle.
-func (t *target) mayFetchWhole(src types.ImageSource) bool {
+func (t *target) mayFetchItself(src types.ImageSource) bool {
 	if src == nil || !src.HasThreadSafeGetBlob() || t.config.Digest == "" {
 		return false
 	}
@@ -90,11 +91,11 @@ func (t *target) mayFetchWhole(src types.ImageSource) bool {
 	return true
 }
 
-// fetchesWhole reports whether herd fetches blob itself, whole or
+// fetchesItself reports whether herd fetches blob itself, whole or
 // partially, if this image is to fetch it into store (for a dry run: the
 // store's content aside).
-func (t *target) fetchesWhole(blob digest.Digest, store storage.Store) bool {
-	if t.source == nil || !t.mayFetchWhole(t.source.opened) {
+func (t *target) fetchesItself(blob digest.Digest, store storage.Store) bool {
+	if t.source == nil || !t.mayFetchItself(t.source.opened) {
 		return false
 	}
 	_, whole := commit.FetchedByHerd(planLayers(t), blob, herdPullsPartially(store, t.source.opened))
