@@ -183,6 +183,52 @@ func TestTOCReadOnce(t *testing.T) {
 	e.verifyImage(b)
 }
 
+// A registry that refuses ranged reads (400 Bad Request): herd's own
+// partial pulls of zstd:chunked layers (commit/partiallayer.go) fall back
+// to fetching each blob whole, as containers/image's would, once each.
+func TestPartialPullFallsBackWhenRangesAreRefused(t *testing.T) {
+	e := newEnv(t, testregistry.Options{})
+	a := e.push("noranges-a:1", testimage.Image{Layers: []testimage.Layer{testimage.RandomLayer(71, 10, 16*kib)}}, "zstd:chunked")
+	b := e.push("noranges-b:1", testimage.Image{Layers: []testimage.Layer{testimage.RandomLayer(72, 10, 16*kib)}}, "zstd:chunked")
+	var mu sync.Mutex
+	refused := 0
+	e.reg.SetBlobHook(func(w http.ResponseWriter, req *http.Request, d digest.Digest) bool {
+		if req.Header.Get("Range") == "" {
+			return false
+		}
+		mu.Lock()
+		refused++
+		mu.Unlock()
+		http.Error(w, "ranges not supported", http.StatusBadRequest)
+		return true
+	})
+	s, r := e.summary("--log-level", "debug", "-j", "4", a.Ref, b.Ref)
+	if r.code != 0 {
+		t.Fatalf("herd exited %d\n%s", r.code, r.stderr)
+	}
+	if refused == 0 {
+		t.Fatal("no ranged read was made: the test did not exercise a partial pull")
+	}
+	for _, p := range []testimage.Pushed{a, b} {
+		// herd's own partial pull gave up and fetched the blob itself.
+		if !strings.Contains(r.stderr, "fetching blob "+p.Layers[0].Digest.String()+" whole: ") {
+			t.Errorf("%s: herd did not fall back from its own partial pull of %s", p.Ref, p.Layers[0].Digest)
+		}
+	}
+	for _, img := range s.Images {
+		if how := img.Layers[0].How; how != "fetched" {
+			t.Errorf("%s: layer obtained %q, want fetched (whole)", img.Inputs[0], how)
+		}
+	}
+	for _, p := range []testimage.Pushed{a, b} {
+		if got, size := e.reg.BlobBytes(p.Layers[0].Digest), p.Layers[0].Size; got != size {
+			t.Errorf("%s: blob %s served %d bytes, want it whole once (%d)", p.Ref, p.Layers[0].Digest, got, size)
+		}
+		e.verifyImage(p)
+	}
+	checkStore(t, e.store())
+}
+
 // A zstd:chunked layer that waits for a similar one another image pulls
 // (commit/similar.go) is pulled all the same when that image fails: the
 // wait ends with the failed pull, and the failure names its image.
