@@ -44,7 +44,8 @@ func waitRegistryQuiet(reg *testregistry.Registry) {
 // then names it, and a kill can fall in between; the next pull of that image
 // completes the record. Such a record is found by its ID (the config
 // digest) and its layers checked all the same. It returns the layer blobs
-// the store holds (by compressed digest) and how many image records it has.
+// the store holds (by compressed digest, or for a partially pulled
+// zstd:chunked layer by its TOC digest) and how many image records it has.
 func (e *env) verifyStoreAfterCrash(t *testing.T, images []testimage.Pushed) (map[digest.Digest]bool, int) {
 	t.Helper()
 	st := e.store()
@@ -92,10 +93,21 @@ func (e *env) verifyStoreAfterCrash(t *testing.T, images []testimage.Pushed) (ma
 	if err != nil {
 		t.Fatal(err)
 	}
+	tocToBlob := map[digest.Digest]digest.Digest{}
+	for _, p := range images {
+		for _, l := range p.Layers {
+			if toc := l.Annotations["io.github.containers.zstd-chunked.manifest-checksum"]; toc != "" {
+				tocToBlob[digest.Digest(toc)] = l.Digest
+			}
+		}
+	}
 	committed := map[digest.Digest]bool{}
 	for _, l := range layers {
 		if l.CompressedDigest != "" {
 			committed[l.CompressedDigest] = true
+		}
+		if blob := tocToBlob[l.TOCDigest]; blob != "" {
+			committed[blob] = true
 		}
 	}
 	return committed, len(records)
@@ -105,12 +117,19 @@ func (e *env) verifyStoreAfterCrash(t *testing.T, images []testimage.Pushed) (ma
 // run. After each kill the store passes containers/storage's check and
 // every image in it is complete and correct; a rerun completes, fetching
 // only the blobs the killed run had not committed, and sweeps the killed
-// run's temporary directory.
+// run's temporary directory. In zstd:chunked too (issue 11), where herd
+// stages and applies partial pulls itself.
 func TestKilledRunLeavesStoreConsistent(t *testing.T) {
+	for _, comp := range []string{"gzip", "zstd:chunked"} {
+		t.Run(comp, func(t *testing.T) { testKilledRunLeavesStoreConsistent(t, comp) })
+	}
+}
+
+func testKilledRunLeavesStoreConsistent(t *testing.T, comp string) {
 	// A limited link makes the run last long enough (about a second) that
 	// the kills land while blobs are in flight and layers are committed.
 	e := newEnv(t, testregistry.Options{BandwidthLimit: 512 << 10})
-	images := fleet(e, "gzip")
+	images := fleet(e, comp)
 	tmp := t.TempDir()
 	t.Setenv("TMPDIR", tmp) // for the in-process reruns
 
@@ -163,7 +182,7 @@ func TestKilledRunLeavesStoreConsistent(t *testing.T) {
 				t.Errorf("trial %d: blob %s was committed before the kill, yet the rerun fetched %d bytes of it", trial, l.Digest, served)
 			}
 			switch {
-			case !committed[l.Digest] && served < l.Size:
+			case !committed[l.Digest] && served < l.Size && comp != "zstd:chunked": // a partial pull fetches less
 				t.Errorf("trial %d: blob %s (%d bytes) was not in the store after the kill, yet the rerun fetched only %d bytes of it", trial, l.Digest, l.Size, served)
 			case served > l.Size:
 				// Not about the kill: issue 3's wait-cycle breaking (see
