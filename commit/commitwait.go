@@ -1,6 +1,8 @@
 package commit
 
 import (
+	"slices"
+
 	digest "github.com/opencontainers/go-digest"
 	"github.com/sirupsen/logrus"
 	"go.podman.io/image/v5/types"
@@ -93,7 +95,7 @@ func (s *Store) awaitAtCommit(layer *wholeFetch, fl *flight) error {
 		}
 		if _, err := s.Store.Layer(layer.id); err == nil || s.reusable(blob) {
 			layer.found = true
-			s.commitWaitEnded(blob, true)
+			s.commitWaitEnded(layer, true)
 			return nil
 		}
 		// The owner failed (or its layer is gone already): decide again.
@@ -110,7 +112,7 @@ func (s *Store) awaitAtCommit(layer *wholeFetch, fl *flight) error {
 		}
 		// Claimed, or waiting would close a cycle (a duplicate fetch).
 		logrus.Debugf("%s: the fetch of blob %s it waited for at its commit failed: pulling it itself", img.name, blob)
-		s.commitWaitEnded(blob, false)
+		s.commitWaitEnded(layer, false)
 		layer.waiting.Store(false)
 		err := s.fetch(layer)
 		if err == nil {
@@ -120,12 +122,13 @@ func (s *Store) awaitAtCommit(layer *wholeFetch, fl *flight) error {
 	}
 }
 
-// commitWaitEnded records the end of blob's wait at its commit: found, the
-// layer is in the store, and the image reports the blob as waited for (or
-// reused) with a "skipped" event, unless containers/image's own comes
+// commitWaitEnded records the end of the wait at layer's commit: found,
+// the layer is in the store, and the image reports its blob as waited for
+// (or reused) with a "skipped" event, unless containers/image's own comes
 // first; else the image pulls the layer, and reports that as it goes.
-func (s *Store) commitWaitEnded(blob digest.Digest, found bool) {
+func (s *Store) commitWaitEnded(layer *wholeFetch, found bool) {
 	img := s.image
+	blob := layer.info.Digest
 	img.mu.Lock()
 	w := img.commitWaits[blob]
 	w.ended = true
@@ -139,13 +142,7 @@ func (s *Store) commitWaitEnded(blob digest.Digest, found bool) {
 	}
 	img.mu.Unlock()
 	if found {
-		layer := types.BlobInfo{Digest: blob}
-		for _, l := range img.planned {
-			if l.Blob == blob {
-				layer.Size = l.Size
-			}
-		}
-		img.whole.Progress(types.ProgressProperties{Event: types.ProgressEventSkipped, Artifact: layer})
+		img.whole.Progress(types.ProgressProperties{Event: types.ProgressEventSkipped, Artifact: layer.info})
 	}
 }
 
@@ -169,12 +166,5 @@ func (img *Image) commitWaitSkipped(blob digest.Digest) (Obtained, bool) {
 // sharedAbove reports whether a layer above blob in img is one that
 // another image of the run needs too.
 func (img *Image) sharedAbove(blob digest.Digest) bool {
-	above := false
-	for _, l := range img.layers {
-		if above && img.c.needs[l] > 1 {
-			return true
-		}
-		above = above || l == blob
-	}
-	return false
+	return slices.ContainsFunc(img.layersAbove(blob), func(l digest.Digest) bool { return img.c.needs[l] > 1 })
 }

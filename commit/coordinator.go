@@ -149,6 +149,7 @@ package commit
 import (
 	"context"
 	"runtime"
+	"slices"
 	"sync"
 	"time"
 
@@ -256,11 +257,11 @@ func (f *flight) ownerName() string {
 
 // NewCoordinator returns the coordinator of one run that pulls plan.
 // files are the files of the plan's zstd:chunked layers by blob, from their
-// TOCs, where they were read (may be nil): layers with many of the same
-// files are pulled one after the other (similar.go). diffIDs is the blob-info cache the run's copy.Image calls share (the same
-// BlobInfoCacheDir), so that a wait ends as soon as the layer can be reused
-// by DiffID; nil disables that (invariant 2, InStore, then relies on
-// compressed and TOC digests). locks, if not nil, are the store's blob locks
+// TOCs, where they were read (may be nil): layers with files in common are
+// ordered (similar.go). diffIDs is the blob-info cache the run's
+// copy.Image calls share (the same BlobInfoCacheDir), so that a wait ends
+// as soon as the layer can be reused by DiffID; nil disables that
+// (invariant 2, InStore, then relies on compressed and TOC digests). locks, if not nil, are the store's blob locks
 // shared with other herd processes (invariant 8). Call Close when the run's
 // pulls are done.
 //
@@ -328,9 +329,9 @@ type WaitEvent struct {
 	Owner  string  // the other pull's name, or "another herd process"
 	End    WaitEnd // how the wait ended
 	Waited time.Duration
-	// Similar is set when the wait was for another blob with many of
-	// Blob's files (similar.go): End says how that blob's flight ended,
-	// and Blob is still to be fetched.
+	// Similar is set when the wait was for another blob with files in
+	// common with Blob (similar.go, partiallayer.go): End says how that
+	// blob's flight ended, and Blob is still to be fetched.
 	Similar digest.Digest
 	// AtCommit: the wait is made at the layer's commit (commitwait.go),
 	// not in its lookup: the image's other layers go on meanwhile, and the
@@ -728,7 +729,8 @@ func (img *Image) decide(blob digest.Digest, below []digest.Digest, shared, atCo
 		c.mu.Unlock()
 		return fetchIt, nil
 	}
-	if atCommit && f.owner != nil {
+	if atCommit && f.owner != nil && !others {
+		// Not while other herd processes pull: see commitwait.go.
 		c.addWaitLocked(img, f.owner, +1)
 		c.leadDecidedLocked(img, true)
 		c.mu.Unlock()
@@ -853,14 +855,16 @@ func (img *Image) owns(blob digest.Digest) bool {
 func (img *Image) claimsAbove(blob digest.Digest) bool {
 	img.mu.Lock()
 	defer img.mu.Unlock()
-	above := false
-	for _, l := range img.layers {
-		if above && img.claims[l] != nil {
-			return true
-		}
-		above = above || l == blob
+	return slices.ContainsFunc(img.layersAbove(blob), func(l digest.Digest) bool { return img.claims[l] != nil })
+}
+
+// layersAbove returns img's layers above blob, lowest first; none if blob
+// is not one of them.
+func (img *Image) layersAbove(blob digest.Digest) []digest.Digest {
+	if i := slices.Index(img.layers, blob); i >= 0 {
+		return img.layers[i+1:]
 	}
-	return false
+	return nil
 }
 
 // wait waits for f, another pull's flight of blob, and says how the wait
@@ -899,7 +903,7 @@ func (img *Image) waitOut(ctx context.Context, blob, flown digest.Digest, f *fli
 	}
 	start := time.Now()
 	img.hooks.WaitStarted(event)
-	event.End = img.awaitUntil(ctx, flown, f)
+	event.End = img.await(ctx, flown, f)
 	event.Waited = time.Since(start)
 	c.mu.Lock()
 	c.addWaitLocked(img, f.owner, -1)
@@ -913,14 +917,9 @@ func (img *Image) waitOut(ctx context.Context, blob, flown digest.Digest, f *fli
 	return event.End
 }
 
-// await blocks until f ends, the pull is cancelled, or the store has the
-// layer (invariant 5).
-func (img *Image) await(blob digest.Digest, f *flight) WaitEnd {
-	return img.awaitUntil(img.ctx, blob, f)
-}
-
-// awaitUntil is await, ended by ctx instead of the pull's context.
-func (img *Image) awaitUntil(ctx context.Context, blob digest.Digest, f *flight) WaitEnd {
+// await blocks until f ends, ctx (the pull's, or its fetches') ends, or the
+// store has the layer (invariant 5).
+func (img *Image) await(ctx context.Context, blob digest.Digest, f *flight) WaitEnd {
 	tick := time.NewTicker(storePollInterval)
 	defer tick.Stop()
 	for {

@@ -50,6 +50,13 @@ func waitEnd(img *Image, blob digest.Digest) WaitEnd {
 	return img.waitEnds[blob]
 }
 
+// flightOf is the flight of blob under way, or nil.
+func flightOf(c *Coordinator, blob digest.Digest) *flight {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.flights[blob]
+}
+
 func waiting(c *Coordinator, waiter *Image) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -272,9 +279,7 @@ func TestUpperLookupClaimsUnlookedLowerLayers(t *testing.T) {
 	if d := b.claimOrWait(blobY, b.lookingUp(blobY), true); d != fetchIt {
 		t.Fatalf("b's upper lookup: %v, want fetchIt", d)
 	}
-	c.mu.Lock()
-	fx := c.flights[blobX]
-	c.mu.Unlock()
+	fx := flightOf(c, blobX)
 	if fx == nil || fx.owner != b {
 		t.Fatal("b's upper lookup did not claim its unlooked lower layer")
 	}
@@ -299,9 +304,7 @@ func TestUpperLookupWaitsForLowerLayerInFlight(t *testing.T) {
 	got := make(chan decision, 1)
 	go func() { got <- b.claimOrWait(blobY, below, true) }()
 	eventually(t, "b waits for a's X", func() bool { return waiting(c, b) })
-	c.mu.Lock()
-	fy := c.flights[blobY]
-	c.mu.Unlock()
+	fy := flightOf(c, blobY)
 	if fy != nil {
 		t.Fatal("b claimed Y while a fetches X, below it")
 	}
@@ -334,9 +337,7 @@ func TestTopLayerLookupClaimsNothingAboveAnotherPullsFlight(t *testing.T) {
 	if d := b.claimOrWait(blobZ, b.lookingUp(blobZ), false); d != fetchIt {
 		t.Fatalf("b's own top layer: %v, want fetchIt without waiting for a's X", d)
 	}
-	c.mu.Lock()
-	fy := c.flights[blobY]
-	c.mu.Unlock()
+	fy := flightOf(c, blobY)
 	if fy != nil {
 		t.Fatalf("b's top-layer lookup claimed Y, above a's flight of X (owner %s)", fy.ownerName())
 	}

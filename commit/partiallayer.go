@@ -87,19 +87,15 @@ func (s *Store) applyStaged(f *wholeFetch) (*storage.Layer, error) {
 		layer, err = f.store.ApplyStagedLayer(storage.ApplyStagedLayerOptions{
 			ID: f.id, ParentLayer: f.parent, DiffOutput: out, DiffOptions: &drivers.ApplyDiffWithDifferOpts{},
 		})
-		if err != nil && !errors.Is(err, storage.ErrDuplicateID) {
-			_ = f.store.CleanupStagedLayer(out)
-			return nil, s.commitFailed(blob, f.parent, err)
-		}
 		if err != nil {
 			_ = f.store.CleanupStagedLayer(out)
-			if layer, err = f.store.Layer(f.id); err != nil {
+			if errors.Is(err, storage.ErrDuplicateID) { // made meanwhile
+				layer, err = f.store.Layer(f.id)
+			}
+			if err != nil {
 				return nil, s.commitFailed(blob, f.parent, err)
 			}
 		}
-		// As Store.ApplyStagedLayer: what containers/image keeps is the
-		// staging directory's name.
-		out.BigData, out.Artifacts = nil, nil
 	}
 	w := s.image.whole
 	if toc := s.image.c.blobToTOC[blob]; toc != "" {
@@ -113,7 +109,7 @@ func (s *Store) applyStaged(f *wholeFetch) (*storage.Layer, error) {
 		w.Cache.RecordDigestUncompressedPair(blob, f.diffID)
 	}
 	s.committed(blob, true)
-	w.Progress(types.ProgressProperties{Event: types.ProgressEventDone, Artifact: f.info, Offset: uint64(f.bytes), OffsetUpdate: uint64(f.bytes - f.reported)})
+	f.report(w, types.ProgressEventDone)
 	return layer, nil
 }
 
@@ -134,8 +130,8 @@ func (p *partialProgress) fetched(n int) {
 	f := p.fetch
 	f.bytes += int64(n)
 	if now := time.Now(); now.Sub(p.last) >= p.w.ProgressInterval {
-		p.w.Progress(types.ProgressProperties{Event: types.ProgressEventRead, Artifact: f.info, Offset: uint64(f.bytes), OffsetUpdate: uint64(f.bytes - f.reported)})
-		f.reported, p.last = f.bytes, now
+		f.report(p.w, types.ProgressEventRead)
+		p.last = now
 	}
 }
 

@@ -1,6 +1,8 @@
 package commit
 
 import (
+	"slices"
+
 	digest "github.com/opencontainers/go-digest"
 )
 
@@ -110,32 +112,25 @@ func (c *Coordinator) similarFlightLocked(img *Image, blob digest.Digest) (diges
 		// is free, which says nothing of whether it committed the layer.
 		// Its owner is not img and waits for nothing of img's: img owns no
 		// flight.
-		if f := c.flights[other]; f != nil && f.owner != nil && c.worthWaitingLocked(blob, other) {
+		if f := c.flights[other]; f != nil && f.owner != nil && c.bringsLocked(blob, other, similarShare) {
 			return other, f
 		}
 	}
 	return "", nil
 }
 
-// worthWaitingLocked reports whether other, a layer similar to blob, still
-// has similarShare of blob's file bytes that no layer committed in this
-// run has: once a third layer brought the files they share, waiting for
-// other saves nothing. c.mu must be held.
-func (c *Coordinator) worthWaitingLocked(blob, other digest.Digest) bool {
-	return float64(c.gainLocked(blob, other)) >= similarShare*float64(c.sim.total[blob])
-}
-
-// gainLocked returns the file bytes of blob's layer that other's would
-// bring into the store: the files they share that no layer committed in
-// this run has. c.mu must be held.
-func (c *Coordinator) gainLocked(blob, other digest.Digest) int64 {
+// bringsLocked reports whether other's layer still brings share of blob's
+// file bytes into the store: files they share that no layer committed in
+// this run has. Once a third layer brought them, waiting for other saves
+// nothing. c.mu must be held.
+func (c *Coordinator) bringsLocked(blob, other digest.Digest, share float64) bool {
 	var gain int64
 	for f, size := range c.sim.shared[blob] {
 		if _, ok := c.sim.shared[other][f]; ok && !c.storedFiles[f] {
 			gain += size
 		}
 	}
-	return gain
+	return float64(gain) >= share*float64(c.sim.total[blob])
 }
 
 // sharedShare: a layer that no other pull waits for waits, before its
@@ -160,30 +155,17 @@ func (c *Coordinator) sharingFlightLocked(img *Image, blob digest.Digest, ownOnl
 		case other == blob || f.owner == nil:
 			continue
 		case f.owner == img:
-			if !img.isBelow(other, blob) {
+			if !slices.Contains(img.layersAbove(other), blob) {
 				continue
 			}
 		case ownOnly || !c.neededLocked(other) || !c.mayWaitLocked(img, other, f):
 			continue
 		}
-		if float64(c.gainLocked(blob, other)) >= sharedShare*float64(c.sim.total[blob]) {
+		if c.bringsLocked(blob, other, sharedShare) {
 			return other, f
 		}
 	}
 	return "", nil
-}
-
-// isBelow reports whether lower is a layer below upper in img.
-func (img *Image) isBelow(lower, upper digest.Digest) bool {
-	for _, l := range img.layers {
-		switch l {
-		case upper:
-			return false
-		case lower:
-			return true
-		}
-	}
-	return false
 }
 
 // filesCommittedLocked records that blob's layer is in the store, with

@@ -69,9 +69,7 @@ func TestSimilarLayerWaitsForTheOtherOnesCommit(t *testing.T) {
 	got := make(chan decision, 1)
 	go func() { got <- b.claimOrWait(blobB, b.lookingUp(blobB), false) }()
 	eventually(t, "b waits for a's A", func() bool { return waiting(c, b) })
-	c.mu.Lock()
-	fb := c.flights[blobB]
-	c.mu.Unlock()
+	fb := flightOf(c, blobB)
 	if fb != nil {
 		t.Fatal("b claimed B while a fetches A, a similar layer")
 	}

@@ -52,7 +52,7 @@ func (s *Store) LayersByCompressedDigest(d digest.Digest) ([]storage.Layer, erro
 			}
 		}
 		var atCommit *wholeFetch // the layer, if a wait for it can be made at its commit
-		if w := s.image.whole; w != nil && w.Partial != nil && !s.image.sharedAbove(d) && !s.image.c.locks.othersActive() {
+		if w := s.image.whole; w != nil && w.Partial != nil && !s.image.sharedAbove(d) {
 			atCommit = s.ownLayer(d)
 		}
 		switch decision, f := s.image.decide(d, missing, s.image.c.shared(d), atCommit != nil); decision {

@@ -47,9 +47,9 @@ import (
 // when herd does not pull those partially itself (containers/image may
 // name a layer it pulls partially by its TOC digest), every image that
 // lists a blob twice (invariant 7), and (the pull engine decides)
-// encrypted and foreign layers. A layer whose ID is in the store already (the same content in
-// another compression) is left to containers/image too, which finds it by
-// that ID once it has fetched the blob.
+// encrypted and foreign layers. A layer whose ID is in the store already
+// (the same content in another compression) is left to containers/image
+// too, which finds it by that ID once it has fetched the blob.
 //
 // The placeholder keeps the invariants of coordinator.go: the blob's flight
 // stays the image's until the layer is committed or the image's copy.Image
@@ -120,6 +120,13 @@ type wholeFetch struct {
 	bytes      int64                           // read from the source
 	reported   int64                           // of which "read" events reported
 	err        error                           // why the fetch failed
+}
+
+// report sends w's progress event of kind event for f's transfer, as
+// containers/image would: what was read so far, and since the last report.
+func (f *wholeFetch) report(w *LayerFetches, event types.ProgressEvent) {
+	w.Progress(types.ProgressProperties{Event: event, Artifact: f.info, Offset: uint64(f.bytes), OffsetUpdate: uint64(f.bytes - f.reported)})
+	f.reported = f.bytes
 }
 
 // placeholder is what the lookup returns for the layer before it exists:
@@ -434,7 +441,7 @@ func (s *Store) applyWhole(f *wholeFetch) (*storage.Layer, error) {
 	if err != nil {
 		return nil, err
 	}
-	w.Progress(types.ProgressProperties{Event: types.ProgressEventDone, Artifact: f.info, Offset: uint64(f.bytes), OffsetUpdate: uint64(f.bytes - f.reported)})
+	f.report(w, types.ProgressEventDone)
 	return layer, nil
 }
 
@@ -558,8 +565,8 @@ func (b *blobReader) Read(p []byte) (int, error) {
 		return 0, b.err
 	}
 	if now := time.Now(); n > 0 && now.Sub(b.last) >= b.w.ProgressInterval {
-		b.w.Progress(types.ProgressProperties{Event: types.ProgressEventRead, Artifact: f.info, Offset: uint64(f.bytes), OffsetUpdate: uint64(f.bytes - f.reported)})
-		f.reported, b.last = f.bytes, now
+		f.report(b.w, types.ProgressEventRead)
+		b.last = now
 	}
 	if err == io.EOF {
 		b.err = b.end()

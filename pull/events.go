@@ -19,8 +19,8 @@ const (
 	EventLayerRead
 	// EventLayerWaiting: the image waits for another pull (Owner) that is
 	// fetching Blob, or, if Similar is set, that is fetching Similar, a
-	// zstd:chunked layer with many of Blob's files: Blob is fetched after
-	// it, and only the files that the store does not have then.
+	// zstd:chunked layer with files in common with Blob: Blob is fetched
+	// after it, and only the files that the store does not have then.
 	EventLayerWaiting
 	// EventLayerDone: Blob is obtained; How says how and Bytes how many bytes were read for it.
 	EventLayerDone

@@ -80,7 +80,7 @@ func (ip *imagePull) waitEnded(wd *watchdog, w commit.WaitEvent) {
 	}
 	ip.mu.Unlock()
 	if w.Similar != "" {
-		logrus.Debugf("%s: waited %s before fetching %s for %s, a layer with many of its files (pulled by %s): %s", ip.result.Name(), w.Waited.Round(time.Millisecond), w.Blob, w.Similar, w.Owner, w.End)
+		logrus.Debugf("%s: waited %s before fetching %s for %s, a layer with files in common (pulled by %s): %s", ip.result.Name(), w.Waited.Round(time.Millisecond), w.Blob, w.Similar, w.Owner, w.End)
 		return
 	}
 	logrus.Debugf("%s: waited %s for %s (pulled by %s): %s", ip.result.Name(), w.Waited.Round(time.Millisecond), w.Blob, w.Owner, w.End)
