@@ -1,14 +1,15 @@
 package pull
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"reflect"
 	"strings"
+	"sync"
 
+	"github.com/sirupsen/logrus"
 	"go.podman.io/image/v5/types"
 	"go.podman.io/storage/pkg/chunked"
 )
@@ -21,75 +22,253 @@ import (
 // partial pull of the layer (commit/partiallayer.go), and counts what the
 // registry sends. pkg/chunked's first read asks for the TOC (and the
 // tar-split after it): if herd read that TOC already to order the layers,
-// it is served from that copy.
+// it is served from that copy. Its later reads fetch a file the layer holds
+// more than once only once (samefiles.go).
 type blobParts struct {
 	ctx     context.Context
 	src     types.ImageSource
 	blob    types.BlobInfo
-	toc     []byte          // read already, or nil; served once
+	read    *readTOC        // the TOC herd read already, or nil; served once
 	fetched func(bytes int) // what the registry sent
+
+	// The files the blob holds twice, once known: from herd's copy of the
+	// TOC, or from the TOC pkg/chunked's first read brought (tocRead).
+	heldTwice []blobFile
+	known     bool
+	tocRead   *heldFile // nil before pkg/chunked's first read
 }
 
 func (p *blobParts) GetBlobAt(chunks []chunked.ImageSourceChunk) (chan io.ReadCloser, chan error, error) {
-	var first io.ReadCloser // the TOC, from herd's copy
-	if toc := p.toc; toc != nil && len(chunks) > 0 {
-		p.toc = nil
-		if offset, length, _, err := tocPosition(p.blob); err == nil && chunks[0].Offset == offset && chunks[0].Length == length && uint64(len(toc)) == length {
-			first, chunks = io.NopCloser(bytes.NewReader(toc)), chunks[1:]
-		}
+	plan := p.plan(chunks, p.filesHeldTwice())
+	from, err := p.ask(plan.fetch)
+	if _, refused := err.(chunked.ErrBadRequest); refused && plan.copies {
+		// More ranges than the registry takes: ask for pkg/chunked's own,
+		// which it makes fewer if they are refused too.
+		plan = p.plan(chunks, nil)
+		from, err = p.ask(plan.fetch)
 	}
-	var fromStreams chan io.ReadCloser
-	var fromErrs chan error
-	if len(chunks) > 0 {
-		var err error
-		if fromStreams, fromErrs, err = getBlobAt(p.ctx, p.src, p.blob, chunks); err != nil {
-			return nil, nil, err
-		}
+	if err != nil {
+		return nil, nil, err
 	}
-	// One goroutine hands both on, in their order, and closes them once
-	// every stream is handed over: pkg/chunked takes a closed error channel
-	// for an answer that ended short.
 	streams, errs := make(chan io.ReadCloser), make(chan error)
 	go func() {
 		defer close(streams)
 		defer close(errs)
-		if first != nil {
-			// The registry sent these bytes once, before the pulls started:
-			// the summary counts them here, with the layer.
-			streams <- &countedStream{ReadCloser: first, fetched: p.fetched}
+		// A stream for each range asked for, in order. They read the
+		// registry's answer in turn; once every one is closed, what is left
+		// of it is closed and its errors handed on. pkg/chunked takes a
+		// closed error channel for an answer that ended short, so both stay
+		// open until then.
+		var open sync.WaitGroup
+		for _, part := range plan.parts {
+			open.Add(1)
+			streams <- &partStream{pieces: part, at: part[0].offset, answer: from, fetched: p.fetched, done: sync.OnceFunc(open.Done)}
 		}
-		for fromStreams != nil || fromErrs != nil {
-			select {
-			case r, ok := <-fromStreams:
-				if !ok {
-					fromStreams = nil
-					continue
-				}
-				streams <- &countedStream{ReadCloser: r, fetched: p.fetched}
-			case err, ok := <-fromErrs:
-				if !ok {
-					fromErrs = nil
-					continue
-				}
-				errs <- err
-			}
+		open.Wait()
+		for _, err := range from.rest() {
+			errs <- err
 		}
 	}()
 	return streams, errs, nil
 }
 
-// countedStream counts what a stream of the registry's answer delivers.
-type countedStream struct {
-	io.ReadCloser
-	fetched func(bytes int)
+// plan plans pkg/chunked's read of chunks (planReads). Its first read asks
+// for the TOC first: that is served from herd's copy if herd has one, or
+// kept as it passes, for the files held twice.
+func (p *blobParts) plan(chunks []chunked.ImageSourceChunk, heldTwice []blobFile) *readPlan {
+	plan := planReads(chunks, heldTwice)
+	if p.tocRead != nil || len(chunks) == 0 {
+		return plan
+	}
+	offset, length, _, err := tocPosition(p.blob)
+	if err != nil || chunks[0].Offset != offset || chunks[0].Length != length || len(plan.parts[0]) != 1 || plan.parts[0][0].copyOf != nil {
+		return plan
+	}
+	p.tocRead = &heldFile{offset: offset, length: length}
+	if read := p.read; read != nil && uint64(len(read.compressed)) == length {
+		p.heldTwice, p.known = read.heldTwice, true
+		plan.parts[0] = []piece{{offset: offset, length: length, copyOf: &heldFile{offset: offset, length: length, data: read.compressed, copies: 1}}}
+		plan.fetch = plan.fetch[1:]
+		// The registry sent these bytes once, before the pulls started: the
+		// summary counts them here, with the layer.
+		p.fetched(len(read.compressed))
+	} else {
+		plan.keep(p.tocRead)
+	}
+	p.read = nil
+	return plan
 }
 
-func (s *countedStream) Read(p []byte) (int, error) {
-	n, err := s.ReadCloser.Read(p)
-	if n > 0 {
-		s.fetched(n)
+// filesHeldTwice returns the files the blob holds twice, once herd knows
+// them: from its copy of the TOC, or from the TOC pkg/chunked's first read
+// brought, checked against the TOC digest of the layer's annotations.
+// Without them, each copy is fetched.
+func (p *blobParts) filesHeldTwice() []blobFile {
+	if p.known || p.tocRead == nil || !p.tocRead.complete() {
+		return p.heldTwice
 	}
-	return n, err
+	p.known = true // whatever comes of it
+	data := p.tocRead.data
+	p.tocRead.data = nil
+	if want := tocDigest(p.blob); want == "" || want.Algorithm().FromBytes(data) != want {
+		return nil
+	}
+	_, _, uncompressed, _ := tocPosition(p.blob)
+	entries, err := decodeTOC(data, uncompressed)
+	if err != nil {
+		logrus.Debugf("blob %s: not looking for files it holds twice: %v", p.blob.Digest, err)
+		return nil
+	}
+	p.heldTwice = filesHeldTwice(entries)
+	return p.heldTwice
+}
+
+// ask asks the registry for fetch (getBlobAt).
+func (p *blobParts) ask(fetch []chunked.ImageSourceChunk) (*answer, error) {
+	if len(fetch) == 0 {
+		return &answer{}, nil
+	}
+	streams, errs, err := getBlobAt(p.ctx, p.src, p.blob, fetch)
+	if err != nil {
+		return nil, err
+	}
+	return &answer{streams: streams, errs: errs}, nil
+}
+
+// answer is the registry's answer to a ranged read (getBlobAt): a stream
+// for each range, in order, each read and closed before the next comes, and
+// errors beside them.
+type answer struct {
+	mu      sync.Mutex
+	streams chan io.ReadCloser
+	errs    chan error
+	err     error // the first
+}
+
+// next waits for the answer's next stream. An error, or an answer that
+// ends before it, ends the read.
+func (a *answer) next() (io.ReadCloser, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for a.streams != nil {
+		select {
+		case r, ok := <-a.streams:
+			if ok {
+				return r, nil
+			}
+			a.streams = nil
+		case err, ok := <-a.errs:
+			if !ok {
+				a.errs = nil
+			} else if a.err == nil {
+				a.err = err
+			}
+		}
+	}
+	if a.err == nil {
+		a.err = errors.New("the registry's answer ended before every range asked for")
+	}
+	return nil, a.err
+}
+
+// rest closes the streams of the answer no one read, and returns the
+// errors that came with them.
+func (a *answer) rest() []error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var errs []error
+	for a.streams != nil || a.errs != nil {
+		select {
+		case r, ok := <-a.streams:
+			if !ok {
+				a.streams = nil
+				continue
+			}
+			r.Close()
+		case err, ok := <-a.errs:
+			if !ok {
+				a.errs = nil
+				continue
+			}
+			errs = append(errs, err)
+		}
+	}
+	return errs
+}
+
+// partStream serves one range pkg/chunked asked for, piece by piece: a
+// fetched piece from the registry's next stream, which it counts, keeping
+// the held files that pass; a copy from the file held.
+type partStream struct {
+	pieces  []piece
+	at      uint64 // in the blob: the next byte of pieces[0]
+	cur     io.ReadCloser
+	answer  *answer
+	fetched func(bytes int)
+	done    func()
+}
+
+func (s *partStream) Read(b []byte) (int, error) {
+	for len(s.pieces) > 0 {
+		pc := &s.pieces[0]
+		end := pc.offset + pc.length
+		if s.at == end {
+			if s.cur != nil {
+				s.cur.Close() // the answer's next stream comes only then
+				s.cur = nil
+			}
+			if s.pieces = s.pieces[1:]; len(s.pieces) > 0 {
+				s.at = s.pieces[0].offset
+			}
+			continue
+		}
+		b = b[:min(uint64(len(b)), end-s.at)]
+		if h := pc.copyOf; h != nil {
+			if !h.complete() {
+				return 0, fmt.Errorf("the first copy of the %d bytes at offset %d of the blob, which herd holds for their copies, was not read whole", h.length, h.offset)
+			}
+			n := copy(b, h.data[s.at-pc.offset:])
+			if s.at += uint64(n); s.at == end {
+				if h.copies--; h.copies == 0 {
+					h.data = nil
+				}
+			}
+			return n, nil
+		}
+		if s.cur == nil {
+			r, err := s.answer.next()
+			if err != nil {
+				return 0, err
+			}
+			s.cur = r
+		}
+		n, err := s.cur.Read(b)
+		for _, h := range pc.hold {
+			h.keep(s.at, b[:n])
+		}
+		s.at += uint64(n)
+		if n > 0 {
+			s.fetched(n)
+		}
+		if err == io.EOF {
+			if s.at < end {
+				return n, io.ErrUnexpectedEOF
+			}
+			err = nil
+		}
+		return n, err
+	}
+	return 0, io.EOF
+}
+
+func (s *partStream) Close() error {
+	if s.cur != nil {
+		s.cur.Close()
+		s.cur = nil
+	}
+	s.pieces = nil
+	s.done()
+	return nil
 }
 
 // getBlobAt reads chunks of blob through src's GetBlobAt, the ranged read

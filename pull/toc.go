@@ -1,18 +1,16 @@
 package pull
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/klauspost/compress/zstd"
 	digest "github.com/opencontainers/go-digest"
 	"github.com/sirupsen/logrus"
-	"go.podman.io/image/v5/pkg/compression"
 	"go.podman.io/image/v5/types"
 	"go.podman.io/storage"
 	drivers "go.podman.io/storage/drivers"
@@ -91,12 +89,13 @@ func layerFilesOf(ctx context.Context, targets []*target, opts *Options, diffIDs
 	g.SetLimit(opts.Jobs)
 	for i, c := range candidates {
 		g.Go(func() error {
-			f, raw, err := layerFiles(ctx, c.src, c.layer, c.toc)
+			f, read, err := layerFiles(ctx, c.src, c.layer, c.toc)
 			if err != nil {
 				logrus.Debugf("not ordering blob %s by its files: %v", c.layer.Digest, err)
+				return nil
 			}
 			files[i] = f
-			tocs.keep(c.layer.Digest, raw)
+			tocs.keep(c.layer.Digest, read)
 			return nil
 		})
 	}
@@ -127,13 +126,10 @@ func pullsPartially(store storage.Store) bool {
 }
 
 // layerFiles reads the TOC of layer, a zstd:chunked blob, through src and
-// returns its regular files, and the TOC as the blob holds it (compressed).
-// The TOC is checked against toc, its digest.
-//
-// containers/storage parses TOCs in an internal package (pkg/chunked's
-// minimal.TOC), so herd decodes the few fields it needs itself; their
-// format is zstd:chunked's, which images in registries carry.
-func layerFiles(ctx context.Context, src types.ImageSource, layer types.BlobInfo, toc digest.Digest) (commit.Files, []byte, error) {
+// returns its regular files, and the TOC as the blob holds it (compressed)
+// with the files the blob holds twice, for the layer's partial pull. The
+// TOC is checked against toc, its digest.
+func layerFiles(ctx context.Context, src types.ImageSource, layer types.BlobInfo, toc digest.Digest) (commit.Files, *readTOC, error) {
 	offset, length, uncompressed, err := tocPosition(layer)
 	if err != nil {
 		return nil, nil, err
@@ -148,28 +144,59 @@ func layerFiles(ctx context.Context, src types.ImageSource, layer types.BlobInfo
 	if got := toc.Algorithm().FromBytes(compressed); got != toc {
 		return nil, nil, fmt.Errorf("TOC has digest %s, want %s", got, toc)
 	}
-	dec, err := compression.ZstdDecompressor(bytes.NewReader(compressed))
+	entries, err := decodeTOC(compressed, uncompressed)
 	if err != nil {
-		return nil, nil, fmt.Errorf("decompressing the TOC: %w", err)
-	}
-	defer dec.Close()
-	var parsed struct {
-		Entries []struct {
-			Type   string        `json:"type"`
-			Size   int64         `json:"size"`
-			Digest digest.Digest `json:"digest"`
-		} `json:"entries"`
-	}
-	if err := json.NewDecoder(io.LimitReader(dec, int64(uncompressed))).Decode(&parsed); err != nil {
-		return nil, nil, fmt.Errorf("decoding the TOC: %w", err)
+		return nil, nil, err
 	}
 	files := commit.Files{}
-	for _, e := range parsed.Entries {
+	for _, e := range entries {
 		if e.Type == "reg" && e.Size > 0 && e.Digest != "" {
 			files[e.Digest] = e.Size
 		}
 	}
-	return files, compressed, nil
+	return files, &readTOC{compressed, filesHeldTwice(entries)}, nil
+}
+
+// tocEntry is what herd reads of an entry of a zstd:chunked TOC: its
+// type ("reg" for a regular file, "chunk" for a further chunk of the file
+// before it), the file's size and digest, and where its frames are in the
+// blob. containers/storage parses TOCs in an internal package (pkg/chunked's
+// minimal.FileMetadata), so herd decodes the few fields it needs itself;
+// their format is zstd:chunked's, which images in registries carry.
+type tocEntry struct {
+	Type        string        `json:"type"`
+	Size        int64         `json:"size"`
+	Digest      digest.Digest `json:"digest"`
+	Offset      int64         `json:"offset"`
+	EndOffset   int64         `json:"endOffset"`
+	ChunkDigest string        `json:"chunkDigest"`
+}
+
+// decodeTOC decodes a TOC as the blob holds it (zstd-compressed), which
+// uncompresses to uncompressed bytes. It decompresses in one call into a
+// buffer of that size, as pkg/chunked does with its TOCs: containers/image's
+// ZstdDecompressor streams with several decoders at once, which for a TOC of
+// known size takes twice the memory or more.
+func decodeTOC(compressed []byte, uncompressed uint64) ([]tocEntry, error) {
+	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(maxTOCSize))
+	if err != nil {
+		return nil, fmt.Errorf("decompressing the TOC: %w", err)
+	}
+	defer dec.Close()
+	raw, err := dec.DecodeAll(compressed, make([]byte, 0, uncompressed))
+	if err == nil && uint64(len(raw)) != uncompressed {
+		err = fmt.Errorf("%d bytes, where the layer's annotations say %d", len(raw), uncompressed)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("decompressing the TOC: %w", err)
+	}
+	var parsed struct {
+		Entries []tocEntry `json:"entries"`
+	}
+	if err := json.Unmarshal(raw, &parsed); err != nil {
+		return nil, fmt.Errorf("decoding the TOC: %w", err)
+	}
+	return parsed.Entries, nil
 }
 
 // tocPosition is where layer's annotations say its TOC is in the blob.
@@ -184,28 +211,32 @@ func tocPosition(layer types.BlobInfo) (offset, length, uncompressed uint64, err
 	return offset, length, uncompressed, nil
 }
 
+// readTOC is a TOC herd read, as the blob holds it (compressed), and the
+// files that the blob holds twice by it (samefiles.go).
+type readTOC struct {
+	compressed []byte
+	heldTwice  []blobFile
+}
+
 // readTOCs keeps the TOCs herd read to order the layers until the layer's
 // partial pull reads its TOC (blobParts): the registry then sends each one
 // once. It is safe for concurrent use.
 type readTOCs struct {
 	mu   sync.Mutex
-	tocs map[digest.Digest][]byte // by blob
+	tocs map[digest.Digest]*readTOC // by blob
 }
 
-func (r *readTOCs) keep(blob digest.Digest, toc []byte) {
-	if toc == nil {
-		return
-	}
+func (r *readTOCs) keep(blob digest.Digest, toc *readTOC) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.tocs == nil {
-		r.tocs = map[digest.Digest][]byte{}
+		r.tocs = map[digest.Digest]*readTOC{}
 	}
 	r.tocs[blob] = toc
 }
 
-// take returns blob's TOC, and forgets it: a layer is staged once.
-func (r *readTOCs) take(blob digest.Digest) []byte {
+// take returns blob's TOC, or nil, and forgets it: a layer is staged once.
+func (r *readTOCs) take(blob digest.Digest) *readTOC {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	toc := r.tocs[blob]

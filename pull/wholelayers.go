@@ -56,7 +56,7 @@ func (ip *imagePull) layerFetches(src types.ImageSource, progress chan<- types.P
 	if herdPullsPartially(ip.opts.Store, src) {
 		w.Layers = ip.target.layers
 		w.Partial = func(ctx context.Context, layer types.BlobInfo, fetched func(bytes int)) chunked.ImageSourceSeekable {
-			return &blobParts{ctx: ctx, src: src, blob: layer, toc: ip.tocs.take(layer.Digest), fetched: fetched}
+			return &blobParts{ctx: ctx, src: src, blob: layer, read: ip.tocs.take(layer.Digest), fetched: fetched}
 		}
 	}
 	return w

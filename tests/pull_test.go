@@ -3,6 +3,7 @@ package tests
 import (
 	"context"
 	"fmt"
+	"math/rand"
 	"net/http"
 	"strings"
 	"sync"
@@ -441,4 +442,95 @@ func TestLayerRecordedAfterOneDecompression(t *testing.T) {
 			t.Errorf("%s: the store recorded compression %v: it decompressed the layer itself, a third time", img.Ref, l.CompressionType)
 		}
 	}
+}
+
+// A layer that holds the same file at several paths: herd's own partial
+// pull asks the registry for it once, and writes every copy. It does so
+// whether the pull reads the layer's TOC itself (one image) or herd read it
+// before to order the layers (two images), and the registry's count says so.
+func TestFileHeldTwiceFetchedOnce(t *testing.T) {
+	const dupSize = 512 * kib
+	layerWithCopies := func(seed int64) testimage.Layer {
+		l := testimage.RandomLayer(seed, 6, 16*kib)
+		rng := rand.New(rand.NewSource(seed))
+		tool := make([]byte, dupSize) // random bytes: compressed, about as big
+		rng.Read(tool)
+		for _, path := range []string{"usr/bin/tool%d", "usr/lib/tool%d/tool", "usr/libexec/tool%d"} {
+			l.Files = append(l.Files, testimage.File{Path: fmt.Sprintf(path, seed), Data: tool, Mode: 0o755})
+		}
+		return l
+	}
+	for _, images := range []int{1, 2} {
+		t.Run(fmt.Sprintf("%d images", images), func(t *testing.T) {
+			e := newEnv(t, testregistry.Options{})
+			var pushed []testimage.Pushed
+			for i := range images {
+				img := testimage.Image{Layers: []testimage.Layer{layerWithCopies(int64(81 + i))}}
+				pushed = append(pushed, e.push(fmt.Sprintf("copies%d:1", i), img, "zstd:chunked"))
+			}
+			s, r := e.summary(append([]string{"-j", "4"}, refs(pushed...)...)...)
+			if r.code != 0 {
+				t.Fatalf("herd exited %d\n%s", r.code, r.stderr)
+			}
+			for i, p := range pushed {
+				if how := s.Images[i].Layers[0].How; how != "partial" {
+					t.Fatalf("%s: layer obtained %q, want partial", p.Ref, how)
+				}
+				l := p.Layers[0]
+				// The blob holds the file three times; two copies not
+				// fetched save twice its size, less a few part headers.
+				if served, most := e.reg.BlobBytes(l.Digest), l.Size-2*dupSize+8*kib; served == 0 || served > most {
+					t.Errorf("%s: the registry sent %d bytes of blob %s (%d bytes, the same %d-byte file in it three times), want at most %d",
+						p.Ref, served, l.Digest, l.Size, dupSize, most)
+				}
+				e.verifyImage(p)
+			}
+		})
+	}
+}
+
+// A registry that refuses the ranges herd asks for to fetch a file held
+// twice once: herd asks for pkg/chunked's own ranges instead, and the pull
+// fetches every copy.
+func TestFileHeldTwiceRefusedRanges(t *testing.T) {
+	e := newEnv(t, testregistry.Options{})
+	l := testimage.RandomLayer(91, 6, 16*kib)
+	tool := make([]byte, 256*kib)
+	rand.New(rand.NewSource(91)).Read(tool)
+	l.Files = append(l.Files, testimage.File{Path: "usr/bin/tool", Data: tool}, testimage.File{Path: "usr/lib/tool/tool", Data: tool})
+	p := e.push("refused-copies:1", testimage.Image{Layers: []testimage.Layer{l}}, "zstd:chunked")
+	blob := p.Layers[0]
+	var tocOffset int64
+	if _, err := fmt.Sscanf(blob.Annotations["io.github.containers.zstd-chunked.manifest-position"], "%d:", &tocOffset); err != nil {
+		t.Fatalf("fixture: %s has no TOC position: %v", p.Ref, err)
+	}
+	var mu sync.Mutex
+	refused := 0
+	e.reg.SetBlobHook(func(w http.ResponseWriter, req *http.Request, d digest.Digest) bool {
+		ranges := strings.Split(strings.TrimPrefix(req.Header.Get("Range"), "bytes="), ",")
+		// The TOC's read is let through; a read of more ranges than
+		// pkg/chunked's one for the files is refused.
+		if d != blob.Digest || len(ranges) < 2 || strings.HasPrefix(ranges[0], fmt.Sprintf("%d-", tocOffset)) {
+			return false
+		}
+		mu.Lock()
+		refused++
+		mu.Unlock()
+		http.Error(w, "too many ranges", http.StatusBadRequest)
+		return true
+	})
+	s, r := e.summary("-j", "4", p.Ref)
+	if r.code != 0 {
+		t.Fatalf("herd exited %d\n%s", r.code, r.stderr)
+	}
+	if refused == 0 {
+		t.Fatal("no read of several ranges was made: herd did not ask for the file once")
+	}
+	if how := s.Images[0].Layers[0].How; how != "partial" {
+		t.Errorf("layer obtained %q, want partial", how)
+	}
+	if served := e.reg.BlobBytes(blob.Digest); served < blob.Size-16*kib {
+		t.Errorf("the registry sent %d bytes of blob %s (%d bytes): want the whole file twice, pkg/chunked's ranges", served, blob.Digest, blob.Size)
+	}
+	e.verifyImage(p)
 }
