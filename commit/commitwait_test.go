@@ -39,11 +39,11 @@ func TestWaitAtCommitIsInTheWaitGraph(t *testing.T) {
 func TestStagingGateHoldsBackPullsNobodyWaitsFor(t *testing.T) {
 	g := newStagingGate(2)
 	ctx := context.Background()
-	leaveNeeded, _ := g.enter(ctx, true)
-	leaveOther, _ := g.enter(ctx, false) // 1 under way < 2 cores
+	leaveNeeded, _ := g.enter(ctx, true, 1)
+	leaveOther, _ := g.enter(ctx, false, 1) // 1 under way < 2 cores
 	entered := make(chan func(), 1)
 	go func() {
-		leave, err := g.enter(ctx, false)
+		leave, err := g.enter(ctx, false, 1)
 		if err == nil {
 			entered <- leave
 		}
@@ -53,7 +53,7 @@ func TestStagingGateHoldsBackPullsNobodyWaitsFor(t *testing.T) {
 		t.Fatal("a third pull nobody waits for started beside a needed one on 2 cores")
 	case <-time.After(50 * time.Millisecond):
 	}
-	leaveNeeded2, _ := g.enter(ctx, true) // needed pulls never wait
+	leaveNeeded2, _ := g.enter(ctx, true, 1) // needed pulls never wait
 	leaveOther()
 	leaveNeeded2()
 	select {
@@ -65,19 +65,62 @@ func TestStagingGateHoldsBackPullsNobodyWaitsFor(t *testing.T) {
 	leaveNeeded()
 
 	cancelled, cancel := context.WithCancel(ctx)
-	leaveNeeded, _ = g.enter(ctx, true)
-	leaveOther, _ = g.enter(ctx, false)
+	leaveNeeded, _ = g.enter(ctx, true, 1)
+	leaveOther, _ = g.enter(ctx, false, 1)
 	cancel()
-	if _, err := g.enter(cancelled, false); err == nil {
+	if _, err := g.enter(cancelled, false, 1); err == nil {
 		t.Fatal("a held-back pull did not end with its context")
 	}
 	leaveOther()
 	leaveNeeded()
-	if leave, err := g.enter(ctx, false); err != nil {
+	if leave, err := g.enter(ctx, false, 1); err != nil {
 		t.Fatal(err)
 	} else {
 		leave() // nothing needed under way: no wait
 	}
+}
+
+// Of the pulls nobody waits for that the gate holds back, the largest
+// starts first when a core frees up.
+func TestStagingGateStartsTheLargestFirst(t *testing.T) {
+	g := newStagingGate(2)
+	ctx := context.Background()
+	leaveNeeded, _ := g.enter(ctx, true, 1)
+	leaveFirst, _ := g.enter(ctx, false, 10) // 1 under way < 2 cores
+	entered := map[int64]chan func(){5: make(chan func(), 1), 50: make(chan func(), 1)}
+	for size, ch := range entered {
+		go func() {
+			if leave, err := g.enter(ctx, false, size); err == nil {
+				ch <- leave
+			}
+		}()
+	}
+	for waiting := 0; waiting < 2; {
+		time.Sleep(time.Millisecond)
+		g.mu.Lock()
+		waiting = len(g.waiting)
+		g.mu.Unlock()
+	}
+	leaveFirst()
+	var leaveLarge func()
+	select {
+	case leaveLarge = <-entered[50]:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the larger waiting pull did not start when a core freed up")
+	}
+	select {
+	case <-entered[5]:
+		t.Fatal("the smaller pull started too, beyond the cores")
+	case <-time.After(50 * time.Millisecond):
+	}
+	leaveLarge()
+	select {
+	case leave := <-entered[5]:
+		leave()
+	case <-time.After(5 * time.Second):
+		t.Fatal("the smaller pull did not start after the larger one")
+	}
+	leaveNeeded()
 }
 
 // Before its partial pull, a layer nobody else needs waits for a layer in

@@ -230,6 +230,9 @@ type Coordinator struct {
 	leadReady chan struct{}                   // closed once the others may start
 	leadOnce  sync.Once
 	stagings  *stagingGate // partial pulls under way (partiallayer.go)
+	// Closed when the graph driver's probe ends (driverprobe.go); nil if
+	// there is none.
+	driverProbed chan struct{}
 
 	mu      sync.Mutex
 	flights map[digest.Digest]*flight // by compressed blob digest
@@ -317,6 +320,7 @@ func (p Plan) Needs() map[digest.Digest]int {
 func (c *Coordinator) Close() {
 	close(c.stop)
 	c.locks.Close()
+	c.awaitDriverProbe()
 }
 
 // shared reports whether more than one image of the run needs blob.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -84,6 +85,7 @@ func (s *Store) applyStaged(f *wholeFetch) (*storage.Layer, error) {
 	if err == nil {
 		_ = f.store.CleanupStagedLayer(out)
 	} else {
+		s.image.c.awaitDriverProbe()
 		layer, err = f.store.ApplyStagedLayer(storage.ApplyStagedLayerOptions{
 			ID: f.id, ParentLayer: f.parent, DiffOutput: out, DiffOptions: &drivers.ApplyDiffWithDifferOpts{},
 		})
@@ -200,38 +202,52 @@ func (c *Coordinator) neededLocked(blob digest.Digest) bool {
 // it. So while a layer others need is being staged, a partial pull that
 // nobody waits for starts only when fewer partial pulls than cores are
 // under way: it fills a core the others leave idle (the one-core end of a
-// base's staging), and takes none from them. At other times only --jobs
-// bounds partial pulls.
+// base's staging), and takes none from them. Of those waiting, the largest
+// layer starts first: started last, it would end the run on one core. At
+// other times only --jobs bounds partial pulls.
 //
 // A pull enters the gate holding its --jobs slot, so every pull counted
-// under way holds one and ends without waiting for anything: the gate
-// never holds up a pull the counted ones need.
+// under way, or waiting at the gate, holds one and ends without waiting
+// for anything but the gate: the gate never holds up a pull the counted
+// ones need, and the largest waiting one may always start when a core is
+// free.
 type stagingGate struct {
 	cores int
 
 	mu      sync.Mutex
 	running int           // partial pulls under way
 	needed  int           // of which others wait for
-	changed chan struct{} // closed, and replaced, when one ends
+	waiting []int64       // sizes of the pulls nobody waits for, waiting
+	changed chan struct{} // closed, and replaced, when one starts or ends
 }
 
 func newStagingGate(cores int) *stagingGate {
 	return &stagingGate{cores: cores, changed: make(chan struct{})}
 }
 
-// enter waits until a partial pull may start (needed: others wait for its
-// layer) and counts it under way; leave ends it.
-func (g *stagingGate) enter(ctx context.Context, needed bool) (leave func(), err error) {
+// enter waits until a partial pull of a layer of size bytes may start
+// (needed: others wait for its layer) and counts it under way; leave ends
+// it.
+func (g *stagingGate) enter(ctx context.Context, needed bool, size int64) (leave func(), err error) {
 	g.mu.Lock()
-	for !needed && g.needed > 0 && g.running >= g.cores {
+	if !needed {
+		g.waiting = append(g.waiting, size)
+	}
+	for !needed && g.needed > 0 && (g.running >= g.cores || size < slices.Max(g.waiting)) {
 		changed := g.changed
 		g.mu.Unlock()
 		select {
 		case <-changed:
 		case <-ctx.Done():
+			g.mu.Lock()
+			g.notWaitingLocked(size)
+			g.mu.Unlock()
 			return nil, ctx.Err()
 		}
 		g.mu.Lock()
+	}
+	if !needed {
+		g.notWaitingLocked(size)
 	}
 	g.running++
 	if needed {
@@ -245,7 +261,17 @@ func (g *stagingGate) enter(ctx context.Context, needed bool) (leave func(), err
 		if needed {
 			g.needed--
 		}
-		close(g.changed)
-		g.changed = make(chan struct{})
+		g.changedLocked()
 	}, nil
+}
+
+// notWaitingLocked takes a pull of size bytes off the waiting ones.
+func (g *stagingGate) notWaitingLocked(size int64) {
+	g.waiting = slices.Delete(g.waiting, slices.Index(g.waiting, size), slices.Index(g.waiting, size)+1)
+	g.changedLocked()
+}
+
+func (g *stagingGate) changedLocked() {
+	close(g.changed)
+	g.changed = make(chan struct{})
 }

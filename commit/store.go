@@ -141,6 +141,7 @@ func (s *Store) PutLayer(id, parent string, names []string, mountLabel string, w
 // the tar check, the commit, and its report.
 func (s *Store) apply(id, parent string, names []string, mountLabel string, writeable bool, options *storage.LayerOptions, diff io.Reader) (*storage.Layer, int64, error) {
 	check := newLayerCheck(diff)
+	s.image.c.awaitDriverProbe()
 	layer, size, err := s.Store.PutLayer(id, parent, names, mountLabel, writeable, options, check)
 	if unsafe := check.result(); unsafe != nil {
 		if err == nil && layer != nil {
@@ -193,6 +194,7 @@ func (s *Store) ApplyStagedLayer(args storage.ApplyStagedLayerOptions) (*storage
 	if blob != "" {
 		s.image.hooks.CommitStarted(blob)
 	}
+	s.image.c.awaitDriverProbe()
 	layer, err := s.Store.ApplyStagedLayer(args)
 	if err != nil {
 		return layer, s.commitFailed(blob, args.ParentLayer, err)

@@ -307,7 +307,7 @@ func (s *Store) fetch(f *wholeFetch) error {
 	}
 	defer release()
 	if f.partial {
-		leave, err := s.image.c.stagings.enter(ctx, s.image.c.needed(f.info.Digest))
+		leave, err := s.image.c.stagings.enter(ctx, s.image.c.needed(f.info.Digest), f.info.Size)
 		if err != nil {
 			return err
 		}

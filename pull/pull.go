@@ -128,6 +128,9 @@ func Run(ctx context.Context, inputs []string, opts Options) []*Result {
 		}
 	}
 	slots := newSlots(ctx, opts.Jobs, reserve)
+	if reserve > 0 { // some layer may be committed
+		coord.ProbeDriver(opts.Store)
+	}
 	// The lead image starts first (commit/similar.go), the others once it
 	// has decided the layers that theirs share files with.
 	lead, leadReady := coord.Lead()
