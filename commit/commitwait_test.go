@@ -171,3 +171,40 @@ func TestSharingFlights(t *testing.T) {
 		t.Errorf("C waits for %s once A is committed", other)
 	}
 }
+
+// A layer found in the store once claimed (its owner reused it, or a
+// lookup found it) has its files there as a committed one does: a layer
+// with some of them waits for no other layer in flight that holds them
+// too, and a layer similar to it is no longer needed for its sake.
+func TestFilesOfALayerFoundInTheStore(t *testing.T) {
+	blobBase, blobA, blobB, blobC := digest.FromString("base"), digest.FromString("A"), digest.FromString("B"), digest.FromString("C")
+	c := NewCoordinator(Plan{
+		{Name: "a", Layers: []Layer{{Blob: blobBase}, {Blob: blobA}}},
+		{Name: "b", Layers: []Layer{{Blob: blobBase}, {Blob: blobB}}},
+		{Name: "c", Layers: []Layer{{Blob: blobBase}, {Blob: blobC}}},
+	}, map[digest.Digest]Files{
+		// B holds all of A (A is similar to B); C holds one file of both.
+		blobA: files(100, "1", "2", "3", "4", "5", "6", "7", "8", "9", "10"),
+		blobB: files(100, "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "b1", "b2", "b3", "b4", "b5", "b6", "b7", "b8", "b9", "b10"),
+		blobC: files(100, "1", "c1", "c2", "c3", "c4", "c5", "c6", "c7", "c8", "c9", "c10", "c11", "c12", "c13", "c14", "c15", "c16", "c17", "c18", "c19", "c20"),
+	}, nil, nil)
+	ctx := context.Background()
+	a, b, cImg := c.Join(ctx, 0, Hooks{}), c.Join(ctx, 1, Hooks{}), c.Join(ctx, 2, Hooks{})
+	if d := a.claimOrWait(blobA, nil, false); d != fetchIt {
+		t.Fatalf("a claiming A: %v", d)
+	}
+	a.reused(blobA) // the owner found A's layer in the store
+	if d := b.claimOrWait(blobB, nil, false); d != fetchIt {
+		t.Fatalf("b claiming B: %v", d)
+	}
+	c.mu.Lock()
+	other, _ := c.sharingFlightLocked(cImg, blobC, false)
+	needed := c.neededLocked(blobB)
+	c.mu.Unlock()
+	if other != "" {
+		t.Errorf("C waits for %s for a file A's layer, in the store, has", other)
+	}
+	if needed {
+		t.Error("B is needed, for A, whose layer is in the store")
+	}
+}

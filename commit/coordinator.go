@@ -239,7 +239,7 @@ type Coordinator struct {
 	// storedFiles are the shared files (similarity.shared) of the layers
 	// this run committed.
 	storedFiles    map[digest.Digest]bool
-	committedBlobs map[digest.Digest]bool    // the layers this run committed, by blob
+	committedBlobs map[digest.Digest]bool    // the layers this run committed or found in the store, by blob
 	waitsFor       map[*Image]map[*Image]int // waiter → owner → number of waits
 }
 
@@ -611,6 +611,11 @@ func (c *Coordinator) endFlightLocked(blob digest.Digest, f *flight, end WaitEnd
 		return
 	}
 	delete(c.flights, blob)
+	if end == OwnerReused || end == InStore {
+		// The layer is in the store, as if committed: its files are
+		// there for the partial pulls that wait for some of them.
+		c.filesCommittedLocked(blob)
+	}
 	f.end = end
 	close(f.done)
 	if f.release != nil {
