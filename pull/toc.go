@@ -178,6 +178,9 @@ type tocEntry struct {
 // ZstdDecompressor streams with several decoders at once, which for a TOC of
 // known size takes twice the memory or more.
 func decodeTOC(compressed []byte, uncompressed uint64) ([]tocEntry, error) {
+	if uncompressed > maxTOCSize {
+		return nil, fmt.Errorf("TOC of %d bytes uncompressed is too big", uncompressed)
+	}
 	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(maxTOCSize))
 	if err != nil {
 		return nil, fmt.Errorf("decompressing the TOC: %w", err)
