@@ -267,7 +267,8 @@ func (g *stagingGate) enter(ctx context.Context, needed bool, size int64) (leave
 
 // notWaitingLocked takes a pull of size bytes off the waiting ones.
 func (g *stagingGate) notWaitingLocked(size int64) {
-	g.waiting = slices.Delete(g.waiting, slices.Index(g.waiting, size), slices.Index(g.waiting, size)+1)
+	i := slices.Index(g.waiting, size)
+	g.waiting = slices.Delete(g.waiting, i, i+1)
 	g.changedLocked()
 }
 

@@ -315,37 +315,19 @@ func getBlobRange(ctx context.Context, src types.ImageSource, blob types.BlobInf
 	if err != nil {
 		return nil, err
 	}
-	// Both channels are closed once the chunks are served; an error may come
-	// before, between or after the streams, so read both until then.
+	from := &answer{streams: streams, errs: errs}
+	r, err := from.next()
 	var data []byte
-	var firstErr error
-	for streams != nil || errs != nil {
-		select {
-		case r, ok := <-streams:
-			if !ok {
-				streams = nil
-				continue
-			}
-			b, err := io.ReadAll(io.LimitReader(r, int64(length)+1))
-			r.Close()
-			if err == nil && uint64(len(b)) != length {
-				err = fmt.Errorf("got %d bytes, want %d", len(b), length)
-			}
-			if firstErr == nil {
-				data, firstErr = b, err
-			}
-		case err, ok := <-errs:
-			if !ok {
-				errs = nil
-				continue
-			}
-			if firstErr == nil {
-				firstErr = err
-			}
+	if err == nil {
+		data, err = io.ReadAll(io.LimitReader(r, int64(length)+1))
+		r.Close()
+		if err == nil && uint64(len(data)) != length {
+			err = fmt.Errorf("got %d bytes, want %d", len(data), length)
 		}
 	}
-	if firstErr == nil && data == nil {
-		firstErr = errors.New("no data")
+	// An error may come after the stream too.
+	if rest := from.rest(); err == nil && len(rest) > 0 {
+		err = rest[0]
 	}
-	return data, firstErr
+	return data, err
 }

@@ -47,12 +47,16 @@ func filesHeldTwice(entries []tocEntry) []blobFile {
 	var files []blobFile
 	var same strings.Builder
 	inFile := false // the entry before was a file's, or one of its chunks
+	endFile := func() {
+		if inFile {
+			files[len(files)-1].same = same.String()
+		}
+		inFile = false
+	}
 	for _, e := range entries {
 		switch {
 		case e.Type == "reg" && e.Size > 0 && e.Digest != "" && e.EndOffset > e.Offset && e.Offset >= 0:
-			if inFile {
-				files[len(files)-1].same = same.String()
-			}
+			endFile()
 			same.Reset()
 			fmt.Fprintf(&same, "%s %d %s", e.Digest, e.EndOffset-e.Offset, e.ChunkDigest)
 			files = append(files, blobFile{offset: uint64(e.Offset), length: uint64(e.EndOffset - e.Offset)})
@@ -60,15 +64,10 @@ func filesHeldTwice(entries []tocEntry) []blobFile {
 		case e.Type == "chunk" && inFile:
 			fmt.Fprintf(&same, " %d %s", uint64(e.Offset)-files[len(files)-1].offset, e.ChunkDigest)
 		default:
-			if inFile {
-				files[len(files)-1].same = same.String()
-			}
-			inFile = false
+			endFile()
 		}
 	}
-	if inFile {
-		files[len(files)-1].same = same.String()
-	}
+	endFile()
 	slices.SortFunc(files, func(a, b blobFile) int { return cmp.Compare(a.offset, b.offset) })
 	copies := map[string]int{}
 	for i, f := range files {
@@ -126,7 +125,7 @@ func (h *heldFile) complete() bool { return uint64(len(h.data)) == h.length }
 // first time, and copied for the others. With no such file the plan asks
 // the registry for chunks as they are.
 func planReads(chunks []chunked.ImageSourceChunk, files []blobFile) *readPlan {
-	copies := sameFiles(chunks, files)
+	copies, held := sameFiles(chunks, files)
 	plan := &readPlan{parts: make([][]piece, len(chunks))}
 	fetch := func(i int, from, to uint64) {
 		plan.fetch = append(plan.fetch, chunked.ImageSourceChunk{Offset: from, Length: to - from})
@@ -146,21 +145,19 @@ func planReads(chunks []chunked.ImageSourceChunk, files []blobFile) *readPlan {
 			fetch(i, at, end)
 		}
 	}
-	for _, cps := range copies {
-		for _, cp := range cps {
-			plan.keep(cp.held)
-		}
+	for _, h := range held {
+		plan.keep(h)
 	}
 	return plan
 }
 
 // keep has the fetched piece that holds h's region keep its bytes, if one
-// does and is not keeping them already.
+// does.
 func (plan *readPlan) keep(h *heldFile) {
 	for _, part := range plan.parts {
 		for i := range part {
 			pc := &part[i]
-			if pc.copyOf == nil && pc.offset <= h.offset && h.offset+h.length <= pc.offset+pc.length && !slices.Contains(pc.hold, h) {
+			if pc.copyOf == nil && pc.offset <= h.offset && h.offset+h.length <= pc.offset+pc.length {
 				pc.hold = append(pc.hold, h)
 				return
 			}
@@ -175,14 +172,14 @@ type copyOfFile struct {
 }
 
 // sameFiles finds, for each of chunks, the copies in it of files it or an
-// earlier range holds too, by offset; the first copy of each is held.
-// pkg/chunked asks for ranges in the blob's order; if they are not, or
-// overlap, nothing is copied.
-func sameFiles(chunks []chunked.ImageSourceChunk, files []blobFile) [][]*copyOfFile {
-	copies := make([][]*copyOfFile, len(chunks))
+// earlier range holds too, by offset, and returns them with the first copy
+// of each, which is held. pkg/chunked asks for ranges in the blob's order;
+// if they are not, or overlap, nothing is copied.
+func sameFiles(chunks []chunked.ImageSourceChunk, files []blobFile) (copies [][]*copyOfFile, firsts []*heldFile) {
+	copies = make([][]*copyOfFile, len(chunks))
 	for i := 1; i < len(chunks); i++ {
 		if chunks[i].Offset < chunks[i-1].Offset+chunks[i-1].Length {
-			return copies
+			return copies, nil
 		}
 	}
 	type fileIn struct {
@@ -213,15 +210,17 @@ func sameFiles(chunks []chunked.ImageSourceChunk, files []blobFile) [][]*copyOfF
 		h := held[in.file.same]
 		if h == nil {
 			if heldBytes+in.file.length > maxHeldFiles {
-				count[in.file.same] = 0
+				count[in.file.same] = 0 // its copies are fetched
 				continue
 			}
 			heldBytes += in.file.length
-			held[in.file.same] = &heldFile{offset: in.file.offset, length: in.file.length}
+			h = &heldFile{offset: in.file.offset, length: in.file.length}
+			held[in.file.same] = h
+			firsts = append(firsts, h)
 			continue
 		}
 		h.copies++
 		copies[in.chunk] = append(copies[in.chunk], &copyOfFile{in.file.offset, in.file.length, h})
 	}
-	return copies
+	return copies, firsts
 }
